@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what moat's tests and demo need on a fresh Debian 12 machine, and only what is
+# missing: a few Debian packages (as root) and a Python venv (.venv) with the pinned
+# secantusdb + pymongo from tests/py/requirements.txt.
+#
+#   scripts/deps.sh          # everything the tests need
+#   scripts/deps.sh venv     # only the venv (the demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian's pymongo 3.11 (legacy OP_QUERY handshake) and openssl s_client are test peers.
+APT_PACKAGES=(openssl python3-pymongo)
+
+need_apt() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install -y ${missing[*]})" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+need_venv() {
+    local req=tests/py/requirements.txt stamp=.venv/.requirements
+    if [ -x .venv/bin/python ] && cmp -s "$req" "$stamp"; then return 0; fi
+    echo "creating .venv from $req" >&2
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+}
+
+need_rust_tools() {
+    cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 && return 0
+    rustup component add rustfmt clippy
+}
+
+case "${1:-all}" in
+    venv) need_venv ;;
+    all) need_apt; need_venv; need_rust_tools ;;
+    *) echo "usage: scripts/deps.sh [all|venv]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,55 @@
+//! Command-line interface (clap). `moat --help` and `moat <cmd> --help` document every flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// moat: a TLS-terminating sidecar for MongoDB nodes.
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: accept clients on the public port and forward them to the local mongod.
+    Run(ConfigArg),
+    /// Validate the config and every certificate and key it names, without serving.
+    Check(ConfigArg),
+    /// Make development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long, short, default_value = "config.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a dev CA and a certificate + key for the default domain, signed by it.
+    Init {
+        /// Directory to write ca.pem, ca-key.pem, DOMAIN.pem and DOMAIN-key.pem into.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// DNS names the certificate is valid for (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost")]
+        hostnames: Vec<String>,
+        /// IP addresses to add as SANs. Without them, connecting by IP fails hostname
+        /// verification, as it should.
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<IpAddr>,
+        /// Domain name used for the file names (matches [[tls.domains]] name).
+        #[arg(long, default_value = "default")]
+        domain: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,545 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Unknown keys are errors. Every error names the file, line:column and key path.
+//! Relative paths (certificates, keys, unix sockets) are resolved against the directory of
+//! the config file, so a config works the same from any working directory.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{ConfigError, ConfigErrors, Invalid};
+use crate::policy::Mode;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[listen]`: the public port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Accept → first bytes → TLS handshake done.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How long SIGTERM waits for open connections before exiting.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[upstream]`: the local mongod.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` or `unix:/path/to.sock`.
+    pub address: String,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// Where the upstream is, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `host:port`, resolved once at load; tried in order.
+    Tcp {
+        name: String,
+        addrs: Vec<SocketAddr>,
+    },
+    /// `unix:/path`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { name, .. } => f.write_str(name),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// TLS protocol floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MinVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// mongod's default is `disabled`; so is moat's.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub min_version: MinVersion,
+    /// Domain served without SNI or for an unknown name; optional with one domain.
+    pub default_domain: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<DomainConfig>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Disabled
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: default_mode(),
+            min_version: MinVersion::default(),
+            default_domain: None,
+            domains: Vec::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Index of the domain served to clients without (or with an unknown) SNI.
+    pub fn default_domain_index(&self) -> Option<usize> {
+        match &self.default_domain {
+            Some(name) => self.domains.iter().position(|d| &d.name == name),
+            None if self.domains.len() == 1 => Some(0),
+            None => None,
+        }
+    }
+}
+
+/// `[[tls.domains]]`: one certificate and the names it is served for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: String,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// PEM: leaf first, then the chain.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1.
+    pub key: PathBuf,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// mongod 3.x text lines.
+    #[default]
+    Text,
+    /// mongod 4.4+ structured JSON lines.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `debug`, `moat=debug,rustls=info`); MOAT_LOG / RUST_LOG win.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".to_string()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not an \"ip:port\" address (e.g. \"0.0.0.0:27017\" or \"[::]:27017\")"
+        ))
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{s}` ({e}): write it like \"10s\" or \"500ms\""
+        ))
+    })
+}
+
+/// The text a config was read from, kept to place errors at line:column.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    /// Reads a config file.
+    pub fn read(path: &Path) -> Result<Source, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                position: None,
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// The directory relative paths in this config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::new(),
+        }
+    }
+
+    /// Places problems (named by key path) at their line:column in this file.
+    pub fn place(&self, problems: Vec<Invalid>) -> ConfigErrors {
+        let doc = toml_edit::Document::parse(self.text.as_str()).ok();
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|p| {
+                    let span = doc.as_ref().and_then(|d| locate(d.as_table(), &p.key));
+                    self.error_at(span, p.key, p.message)
+                })
+                .collect(),
+        )
+    }
+
+    fn error_at(&self, span: Option<Range<usize>>, key: String, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            position: span.map(|s| line_col(&self.text, s.start)),
+            key,
+            message,
+        }
+    }
+
+    /// Parses and validates (files named in the config are checked later, by their loaders).
+    pub fn parse(&self) -> Result<Config, ConfigErrors> {
+        let de = toml::de::Deserializer::parse(&self.text).map_err(|e| {
+            ConfigErrors(vec![self.error_at(
+                e.span(),
+                String::new(),
+                e.message().to_string(),
+            )])
+        })?;
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if key == "." { String::new() } else { key };
+            ConfigErrors(vec![self.error_at(
+                inner.span(),
+                key,
+                inner.message().to_string(),
+            )])
+        })?;
+        let problems = cfg.validate(&self.base_dir());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(self.place(problems))
+        }
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<(Config, Source), ConfigErrors> {
+    let source = Source::read(path)?;
+    let cfg = source.parse()?;
+    Ok((cfg, source))
+}
+
+impl Config {
+    /// Checks what serde cannot, resolves relative paths against `base`, and lowercases
+    /// hostnames. Returns every problem found.
+    fn validate(&mut self, base: &Path) -> Vec<Invalid> {
+        let mut bad = Vec::new();
+        if self.listen.max_connections == 0 {
+            bad.push(Invalid::new("listen.max_connections", "must be at least 1"));
+        }
+        if self.listen.handshake_timeout.is_zero() {
+            bad.push(Invalid::new(
+                "listen.handshake_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            bad.push(Invalid::new(
+                "upstream.connect_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if let Err(msg) = parse_upstream(&self.upstream.address, base) {
+            bad.push(Invalid::new("upstream.address", msg));
+        }
+        self.validate_tls(base, &mut bad);
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            bad.push(Invalid::new(
+                "log.level",
+                format!(
+                    "invalid level `{}`: {e} (try \"info\" or \"debug\")",
+                    self.log.level
+                ),
+            ));
+        }
+        bad
+    }
+
+    fn validate_tls(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
+        let tls = &mut self.tls;
+        let mut seen_names: Vec<&str> = Vec::new();
+        let mut seen_hosts: Vec<(String, usize)> = Vec::new();
+        for d in tls.domains.iter_mut() {
+            d.cert = base.join(&d.cert);
+            d.key = base.join(&d.key);
+            for h in d.hostnames.iter_mut() {
+                *h = h.to_ascii_lowercase();
+            }
+        }
+        for (i, d) in tls.domains.iter().enumerate() {
+            let key = |k: &str| format!("tls.domains[{i}].{k}");
+            if d.name.trim().is_empty() {
+                bad.push(Invalid::new(key("name"), "must not be empty"));
+            } else if seen_names.contains(&d.name.as_str()) {
+                bad.push(Invalid::new(
+                    key("name"),
+                    format!("domain `{}` is defined twice", d.name),
+                ));
+            }
+            seen_names.push(&d.name);
+            for (j, h) in d.hostnames.iter().enumerate() {
+                if let Err(msg) = check_hostname(h) {
+                    bad.push(Invalid::new(
+                        format!("tls.domains[{i}].hostnames[{j}]"),
+                        msg,
+                    ));
+                } else if let Some((_, other)) = seen_hosts.iter().find(|(s, _)| s == h) {
+                    bad.push(Invalid::new(
+                        format!("tls.domains[{i}].hostnames[{j}]"),
+                        format!(
+                            "`{h}` is already served by domain `{}`",
+                            tls.domains[*other].name
+                        ),
+                    ));
+                } else {
+                    seen_hosts.push((h.clone(), i));
+                }
+            }
+        }
+        match (&tls.default_domain, tls.default_domain_index()) {
+            (Some(name), None) => bad.push(Invalid::new(
+                "tls.default_domain",
+                format!(
+                    "no [[tls.domains]] is named `{name}` (names: {})",
+                    names(&tls.domains)
+                ),
+            )),
+            (None, None) if tls.domains.len() > 1 => bad.push(Invalid::new(
+                "tls.domains",
+                format!(
+                    "with several domains, set tls.default_domain to the one served without SNI (names: {})",
+                    names(&tls.domains)
+                ),
+            )),
+            _ => {}
+        }
+        if tls.mode.accepts_tls() && tls.domains.is_empty() {
+            bad.push(Invalid::new(
+                "tls.mode",
+                format!(
+                    "mode {} accepts TLS clients but no [[tls.domains]] certificate is configured; add one (moat certs init) or set mode = \"disabled\"",
+                    tls.mode
+                ),
+            ));
+        }
+    }
+
+    /// The upstream address, resolved (validated already by [`load`]).
+    pub fn upstream_addr(&self, base: &Path) -> Result<UpstreamAddr, String> {
+        parse_upstream(&self.upstream.address, base)
+    }
+}
+
+fn names(domains: &[DomainConfig]) -> String {
+    let v: Vec<&str> = domains.iter().map(|d| d.name.as_str()).collect();
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// A DNS name, optionally with a single leading `*.` label.
+fn check_hostname(h: &str) -> Result<(), String> {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if rest.is_empty() || h.len() > 253 || !rest.split('.').all(ok_label) {
+        return Err(format!(
+            "`{h}` is not a DNS name (a leading `*.` is the only wildcard allowed)"
+        ));
+    }
+    if rest.parse::<std::net::IpAddr>().is_ok()
+        || rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return Err(format!(
+            "`{h}` is an IP address: clients verify hostnames, so list DNS names here"
+        ));
+    }
+    Ok(())
+}
+
+/// `unix:/path` or `host:port` (resolved now).
+fn parse_upstream(s: &str, base: &Path) -> Result<UpstreamAddr, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if p.is_empty() {
+            return Err(
+                "`unix:` needs a socket path, e.g. \"unix:/tmp/mongodb-27018.sock\"".into(),
+            );
+        }
+        return Ok(UpstreamAddr::Unix(base.join(p)));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` needs a port: \"host:port\" or \"unix:/path\""))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{s}` is not \"host:port\" (port 1-65535) or \"unix:/path\""
+        ));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{s}`: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{s}` resolves to no address"));
+    }
+    Ok(UpstreamAddr::Tcp {
+        name: s.to_string(),
+        addrs,
+    })
+}
+
+/// A place in a parsed document while walking a key path.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a toml_edit::Item),
+    Table(&'a toml_edit::Table),
+    Value(&'a toml_edit::Value),
+}
+
+impl<'a> Node<'a> {
+    fn span(self) -> Option<Range<usize>> {
+        match self {
+            Node::Item(i) => i.span(),
+            Node::Table(t) => t.span(),
+            Node::Value(v) => v.span(),
+        }
+    }
+
+    /// The child under `name`, with the span of its key.
+    fn child(self, name: &str) -> Option<(Option<Range<usize>>, Node<'a>)> {
+        let table = match self {
+            Node::Item(toml_edit::Item::Table(t)) | Node::Table(t) => t,
+            Node::Item(toml_edit::Item::Value(toml_edit::Value::InlineTable(t)))
+            | Node::Value(toml_edit::Value::InlineTable(t)) => {
+                let (k, v) = t.get_key_value(name)?;
+                return Some((k.span(), Node::Item(v)));
+            }
+            _ => return None,
+        };
+        let (k, v) = table.get_key_value(name)?;
+        Some((k.span(), Node::Item(v)))
+    }
+
+    fn index(self, i: usize) -> Option<Node<'a>> {
+        match self {
+            Node::Item(toml_edit::Item::ArrayOfTables(a)) => a.get(i).map(Node::Table),
+            Node::Item(toml_edit::Item::Value(toml_edit::Value::Array(a)))
+            | Node::Value(toml_edit::Value::Array(a)) => a.get(i).map(Node::Value),
+            _ => None,
+        }
+    }
+}
+
+/// The span of a key path (`a.b[2].c`) in a parsed document: the value's, else the
+/// nearest key's found on the way.
+fn locate(root: &toml_edit::Table, path: &str) -> Option<Range<usize>> {
+    let mut node = Node::Table(root);
+    let mut best = None;
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, indexes) = seg.split_at(seg.find('[').unwrap_or(seg.len()));
+        let Some((key_span, child)) = node.child(name) else {
+            return best;
+        };
+        best = key_span.or(best);
+        node = child;
+        for idx in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            match idx.parse().ok().and_then(|i| node.index(i)) {
+                Some(n) => {
+                    best = n.span().or(best);
+                    node = n;
+                }
+                None => return best,
+            }
+        }
+    }
+    node.span().or(best)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}

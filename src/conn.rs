@@ -1,0 +1,230 @@
+//! One client connection's life: sniff the first bytes → apply the SSL mode → terminate
+//! TLS → connect upstream → copy bytes → log the end.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
+
+use crate::events::{self, TlsSummary};
+use crate::io::Prefixed;
+use crate::policy::{self, Action, RejectReason, Transport};
+use crate::proxy;
+use crate::state::Shared;
+use crate::tls;
+use crate::upstream::{self, Upstream};
+use crate::wire::{reply, Header, WireError};
+
+/// First read when sniffing: a whole ClientHello or first MongoDB message usually fits.
+const SNIFF_BUF: usize = 4096;
+
+/// Most bytes of a plaintext client's first message read before answering "TLS required".
+const REQUIRE_TLS_READ_MAX: usize = 64 * 1024;
+
+/// How long to wait for a refused plaintext client to close after the error reply.
+const REQUIRE_TLS_LINGER: Duration = Duration::from_secs(2);
+
+/// What a requireSSL server tells a plaintext client.
+pub const TLS_REQUIRED_MESSAGE: &str = "This MongoDB server requires TLS (moat mode requireSSL): \
+reconnect with TLS enabled, e.g. mongodb://HOST:PORT/?tls=true (add tlsCAFile=ca.pem if the \
+server certificate is signed by a private CA)";
+
+/// Why a connection ended early.
+#[derive(Debug)]
+enum ConnError {
+    HandshakeTimeout,
+    Refused(RejectReason),
+    NotMongoDb(String),
+    NoCertificates,
+    Tls(io::Error),
+    Upstream(io::Error),
+    Io(io::Error),
+}
+
+/// Counts the connection as open for its lifetime, and logs its end however it ends.
+struct OpenGuard<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+    id: u64,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        let open = self.shared.close_connection();
+        events::ended(self.peer, self.id, open);
+    }
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (id, open) = shared.open_connection();
+    let _guard = OpenGuard {
+        shared: &shared,
+        peer,
+        id,
+    };
+    events::accepted(peer, id, open);
+    if let Err(e) = serve(tcp, id, &shared).await {
+        log(e, id, peer, &shared);
+    }
+}
+
+fn log(e: ConnError, id: u64, peer: SocketAddr, shared: &Shared) {
+    match e {
+        ConnError::HandshakeTimeout => {
+            events::handshake_timeout(id, peer, shared.settings.handshake_timeout)
+        }
+        ConnError::Refused(RejectReason::TlsRequired) => events::refused_tls_required(id, peer),
+        ConnError::Refused(_) => events::refused_tls_disabled(id, peer),
+        ConnError::NotMongoDb(why) => events::not_mongodb(id, peer, &why),
+        ConnError::NoCertificates => events::tls_failed(
+            id,
+            peer,
+            &"no certificate is configured ([[tls.domains]] is empty)",
+        ),
+        ConnError::Tls(e) => events::tls_failed(id, peer, &tls::explain(&e)),
+        ConnError::Upstream(e) => {
+            events::upstream_unavailable(id, &shared.settings.upstream.to_string(), &e)
+        }
+        ConnError::Io(e) => events::connection_error(id, peer, &e),
+    }
+}
+
+async fn serve(mut tcp: TcpStream, id: u64, shared: &Shared) -> Result<(), ConnError> {
+    // Nagle would delay every small MongoDB reply by up to 40 ms against delayed ACKs.
+    tcp.set_nodelay(true).map_err(ConnError::Io)?;
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let (first, transport) = match timeout_at(deadline, sniff(&mut tcp)).await {
+        Err(_) => return Err(ConnError::HandshakeTimeout),
+        Ok(Err(e)) => return Err(ConnError::Io(e)),
+        // Closed before saying anything: a port check, not an error.
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(sniffed))) => sniffed,
+    };
+    match policy::decide(shared.mode(), transport) {
+        Action::AcceptTls => {
+            let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
+            let accept = TlsAcceptor::from(tls.server.clone()).accept(Prefixed::new(first, tcp));
+            let mut stream = timeout_at(deadline, accept)
+                .await
+                .map_err(|_| ConnError::HandshakeTimeout)?
+                .map_err(ConnError::Tls)?;
+            let (_, session) = stream.get_ref();
+            let sni = session.server_name();
+            events::tls_established(
+                id,
+                &TlsSummary {
+                    version: tls::version_name(session),
+                    cipher: tls::cipher_name(session),
+                    sni,
+                    domain: &tls.resolver.select(sni).name,
+                    resumed: tls::resumed(session),
+                },
+            );
+            drop(tls);
+            let upstream = connect_upstream(shared).await?;
+            forward(&mut stream, upstream).await
+        }
+        Action::ForwardPlaintext => {
+            let upstream = connect_upstream(shared).await?;
+            forward(&mut Prefixed::new(first, tcp), upstream).await
+        }
+        Action::ReplyTlsRequired => {
+            reply_tls_required(tcp, first, deadline).await?;
+            Err(ConnError::Refused(RejectReason::TlsRequired))
+        }
+        Action::Refuse(reason) => Err(ConnError::Refused(reason)),
+    }
+}
+
+/// Reads until the first bytes tell TLS from plaintext. `None` if the client closed first.
+async fn sniff(tcp: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Transport)>> {
+    let mut buf = Vec::with_capacity(SNIFF_BUF);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        if let Some(t) = policy::classify(&buf) {
+            return Ok(Some((buf, t)));
+        }
+    }
+}
+
+async fn connect_upstream(shared: &Shared) -> Result<Upstream, ConnError> {
+    upstream::connect(&shared.settings.upstream, shared.settings.connect_timeout)
+        .await
+        .map_err(ConnError::Upstream)
+}
+
+async fn forward<C>(client: &mut C, upstream: Upstream) -> Result<(), ConnError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let r = match upstream {
+        Upstream::Tcp(mut s) => proxy::run(client, &mut s).await,
+        Upstream::Unix(mut s) => proxy::run(client, &mut s).await,
+    };
+    r.map(|_| ()).map_err(|(e, _)| ConnError::Io(e))
+}
+
+/// requireSSL and a plaintext client: answer its first message with a MongoDB error
+/// (`ok: 0`, code 141 SSLHandshakeFailed) so the driver shows why, then close cleanly.
+async fn reply_tls_required(
+    mut tcp: TcpStream,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(), ConnError> {
+    let header = loop {
+        match Header::parse(&buf) {
+            Ok(h) => break h,
+            Err(WireError::Invalid(why)) => return Err(ConnError::NotMongoDb(why)),
+            Err(WireError::Incomplete { .. }) => read_more(&mut tcp, &mut buf, deadline).await?,
+        }
+    };
+    // Take in the whole request: closing a socket with unread input sends a reset, which
+    // could destroy the reply before the client reads it.
+    while buf.len() < header.length.min(REQUIRE_TLS_READ_MAX) {
+        read_more(&mut tcp, &mut buf, deadline).await?;
+    }
+    drop(buf);
+    let body = reply::error_document(
+        reply::SSL_HANDSHAKE_FAILED,
+        "SSLHandshakeFailed",
+        TLS_REQUIRED_MESSAGE,
+    );
+    let out = reply::reply_to(&header, 0, &body);
+    let send = async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await
+    };
+    timeout_at(deadline, send)
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)?
+        .map_err(ConnError::Io)?;
+    // Let the client read the reply and close first; discard whatever else it sends.
+    let _ = timeout(REQUIRE_TLS_LINGER, async {
+        let mut sink = [0u8; 512];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn read_more(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(), ConnError> {
+    buf.reserve(SNIFF_BUF);
+    match timeout_at(deadline, tcp.read_buf(buf)).await {
+        Err(_) => Err(ConnError::HandshakeTimeout),
+        Ok(Err(e)) => Err(ConnError::Io(e)),
+        Ok(Ok(0)) => Err(ConnError::Io(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}

@@ -1,0 +1,231 @@
+//! The catalogue of moat's log events: every line moat writes is made here, so its wording
+//! (mongod's, where mongod logs the same thing) and its JSON id live in one place.
+//!
+//! mongod's ids are used where mongod logs the same event; moat's own ids are in the
+//! 9_800_000 range and listed in README.md.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::policy::Mode;
+
+/// moat's own log ids (mongod's are used literally at their call sites).
+pub mod ids {
+    pub const LISTENING: u64 = 23016; // mongod: "Waiting for connections"
+    pub const ACCEPTED: u64 = 22943; // mongod: "Connection accepted"
+    pub const ENDED: u64 = 22944; // mongod: "Connection ended"
+    pub const TLS_ESTABLISHED: u64 = 9_800_001;
+    pub const NO_PEER_CERT: u64 = 9_800_002;
+    pub const TLS_REQUIRED: u64 = 9_800_003;
+    pub const TLS_DISABLED: u64 = 9_800_004;
+    pub const HANDSHAKE_TIMEOUT: u64 = 9_800_005;
+    pub const TLS_FAILED: u64 = 9_800_006;
+    pub const UPSTREAM_UNAVAILABLE: u64 = 9_800_007;
+    pub const LIMIT: u64 = 9_800_008;
+    pub const NOT_MONGODB: u64 = 9_800_009;
+    pub const CONN_ERROR: u64 = 9_800_010;
+    pub const ACCEPT_ERROR: u64 = 9_800_011;
+    pub const SHUTDOWN_STARTED: u64 = 9_800_012;
+    pub const SHUTDOWN_DONE: u64 = 9_800_013;
+    pub const STARTUP: u64 = 9_800_014;
+}
+
+/// `[conn12]`: the log context of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnCtx(pub u64);
+
+impl fmt::Display for ConnCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn{}", self.0)
+    }
+}
+
+/// `3 connections` / `1 connection`, as mongod writes it.
+struct Count(usize);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.0 == 1 { "" } else { "s" };
+        write!(f, "{} connection{s}", self.0)
+    }
+}
+
+pub fn startup(version: &str, config: &str) {
+    tracing::info!(
+        c = "CONTROL",
+        id = ids::STARTUP,
+        ctx = "main",
+        msg = "moat starting",
+        version,
+        config,
+        "moat {version} starting with config {config}"
+    );
+}
+
+pub fn listening(addr: SocketAddr, mode: Mode, upstream: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::LISTENING, ctx = "listener", msg = "Waiting for connections",
+        address = %addr, mode = mode.as_str(), upstream,
+        "waiting for connections on {addr} (mode {mode}, upstream {upstream})"
+    );
+}
+
+pub fn accepted(peer: SocketAddr, conn: u64, open: usize) {
+    tracing::info!(
+        c = "NETWORK", id = ids::ACCEPTED, ctx = "listener", msg = "Connection accepted",
+        remote = %peer, connectionId = conn, connectionCount = open as u64,
+        "connection accepted from {peer} #{conn} ({} now open)", Count(open)
+    );
+}
+
+pub fn ended(peer: SocketAddr, conn: u64, open: usize) {
+    tracing::info!(
+        c = "NETWORK", id = ids::ENDED, ctx = %ConnCtx(conn), msg = "Connection ended",
+        remote = %peer, connectionId = conn, connectionCount = open as u64,
+        "end connection {peer} ({} now open)", Count(open)
+    );
+}
+
+/// The negotiated TLS parameters of a connection.
+pub struct TlsSummary<'a> {
+    pub version: &'a str,
+    pub cipher: &'a str,
+    pub sni: Option<&'a str>,
+    pub domain: &'a str,
+    pub resumed: bool,
+}
+
+pub fn tls_established(conn: u64, t: &TlsSummary<'_>) {
+    let sni = t.sni.unwrap_or("none");
+    let resumed = if t.resumed { " resumed" } else { "" };
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_ESTABLISHED, ctx = %ConnCtx(conn), msg = "TLS established",
+        version = t.version, cipher = t.cipher, sni, domain = t.domain, resumed = t.resumed,
+        "{} {} sni={sni} domain={}{resumed}", t.version, t.cipher, t.domain
+    );
+}
+
+pub fn no_peer_certificate(conn: u64) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::NO_PEER_CERT, ctx = %ConnCtx(conn),
+        msg = "No SSL certificate provided by peer",
+        "no SSL certificate provided by peer"
+    );
+}
+
+pub fn refused_tls_required(conn: u64, peer: SocketAddr) {
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_REQUIRED, ctx = %ConnCtx(conn),
+        msg = "Refused plaintext connection: TLS is required",
+        remote = %peer, reason = "tls_required",
+        "refusing plaintext connection from {peer}: mode requireSSL (sent a MongoDB error reply saying TLS is required)"
+    );
+}
+
+pub fn refused_tls_disabled(conn: u64, peer: SocketAddr) {
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_DISABLED, ctx = %ConnCtx(conn),
+        msg = "Refused TLS connection: TLS is disabled",
+        remote = %peer, reason = "tls_disabled",
+        "refusing TLS connection from {peer}: mode disabled accepts plaintext only"
+    );
+}
+
+pub fn handshake_timeout(conn: u64, peer: SocketAddr, timeout: Duration) {
+    tracing::info!(
+        c = "NETWORK", id = ids::HANDSHAKE_TIMEOUT, ctx = %ConnCtx(conn),
+        msg = "Handshake timed out",
+        remote = %peer, reason = "handshake_timeout", timeoutMillis = timeout.as_millis() as u64,
+        "closing connection from {peer}: no complete TLS or MongoDB handshake within {}",
+        humantime::format_duration(timeout)
+    );
+}
+
+pub fn tls_failed(conn: u64, peer: SocketAddr, error: &dyn fmt::Display) {
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_FAILED, ctx = %ConnCtx(conn), msg = "TLS handshake failed",
+        remote = %peer, reason = "tls_error", error = %error,
+        "TLS handshake failed with {peer}: {error}"
+    );
+}
+
+pub fn upstream_unavailable(conn: u64, upstream: &str, error: &dyn fmt::Display) {
+    tracing::error!(
+        c = "NETWORK", id = ids::UPSTREAM_UNAVAILABLE, ctx = %ConnCtx(conn),
+        msg = "Upstream unavailable",
+        upstream, reason = "upstream_unavailable", error = %error,
+        "cannot reach upstream {upstream}: {error}; closing the client connection"
+    );
+}
+
+pub fn refused_limit(peer: SocketAddr, max: usize) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::LIMIT, ctx = "listener", msg = "Connection refused: limit reached",
+        remote = %peer, reason = "limit", maxConnections = max as u64,
+        "connection refused from {peer}: max_connections ({max}) reached"
+    );
+}
+
+pub fn not_mongodb(conn: u64, peer: SocketAddr, why: &dyn fmt::Display) {
+    tracing::info!(
+        c = "NETWORK", id = ids::NOT_MONGODB, ctx = %ConnCtx(conn),
+        msg = "Closing connection: not a MongoDB message",
+        remote = %peer, error = %why,
+        "closing connection from {peer}: first bytes are not a MongoDB message ({why})"
+    );
+}
+
+pub fn connection_error(conn: u64, peer: SocketAddr, error: &dyn fmt::Display) {
+    tracing::info!(
+        c = "NETWORK", id = ids::CONN_ERROR, ctx = %ConnCtx(conn), msg = "Connection error",
+        remote = %peer, error = %error,
+        "connection {peer} closed with error: {error}"
+    );
+}
+
+pub fn accept_error(error: &dyn fmt::Display) {
+    tracing::error!(
+        c = "NETWORK", id = ids::ACCEPT_ERROR, ctx = "listener", msg = "Error accepting connection",
+        error = %error,
+        "error accepting a connection: {error}"
+    );
+}
+
+pub fn shutdown_started(signal: &str, open: usize, timeout: Duration) {
+    tracing::info!(
+        c = "CONTROL",
+        id = ids::SHUTDOWN_STARTED,
+        ctx = "main",
+        msg = "Shutting down",
+        signal,
+        connectionCount = open as u64,
+        timeoutMillis = timeout.as_millis() as u64,
+        "got {signal}: no longer accepting; waiting up to {} for {} to end",
+        humantime::format_duration(timeout),
+        Count(open)
+    );
+}
+
+pub fn shutdown_done(remaining: usize) {
+    if remaining == 0 {
+        tracing::info!(
+            c = "CONTROL",
+            id = ids::SHUTDOWN_DONE,
+            ctx = "main",
+            msg = "Shutdown complete",
+            connectionCount = 0u64,
+            "shutdown complete: all connections ended"
+        );
+    } else {
+        tracing::warn!(
+            c = "CONTROL",
+            id = ids::SHUTDOWN_DONE,
+            ctx = "main",
+            msg = "Shutdown complete",
+            connectionCount = remaining as u64,
+            "shutdown complete: shutdown_timeout reached, closing {} still open",
+            Count(remaining)
+        );
+    }
+}

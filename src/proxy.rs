@@ -1,0 +1,260 @@
+//! Byte copying between the client and the upstream, both directions in one task.
+//!
+//! Buffers come from a small per-thread pool and are held only while data is in flight:
+//! a connection waiting for its next request owns no copy buffer, so idle connections
+//! cost only their sockets and TLS state. A read that finds nothing returns its buffer at
+//! once; a write that cannot finish keeps it until the peer drains it.
+//!
+//! Half-close is passed through: when one side finishes sending (FIN, or TLS close_notify),
+//! the other side's write half is shut down after the buffered bytes are written, and
+//! copying continues the other way until that side finishes too.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Size of one copy buffer: four full TLS records, so a TLS write produces full records
+/// and a read of plaintext from TLS takes everything rustls has decrypted.
+pub const BUF_SIZE: usize = 64 * 1024;
+
+/// Buffers kept per worker thread for reuse (the rest are freed).
+const POOL_MAX: usize = 32;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer borrowed from this thread's pool; returned to the pool of whichever
+/// thread drops it.
+struct PoolBuf(Option<Box<[u8]>>);
+
+impl PoolBuf {
+    fn take() -> PoolBuf {
+        let b = POOL
+            .with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice());
+        PoolBuf(Some(b))
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            POOL.with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    if p.len() < POOL_MAX {
+                        p.push(b);
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Deref for PoolBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl DerefMut for PoolBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or(&mut [])
+    }
+}
+
+/// One direction of the copy.
+#[derive(Default)]
+struct Pipe {
+    /// Bytes read but not yet written: `buf[start..end]`.
+    buf: Option<PoolBuf>,
+    start: usize,
+    end: usize,
+    /// The writer has unflushed data (TLS records buffered in rustls).
+    need_flush: bool,
+    read_eof: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl Pipe {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if let Some(buf) = &self.buf {
+                while self.start < self.end {
+                    let n = ready!(w.as_mut().poll_write(cx, &buf[self.start..self.end]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.start += n;
+                    self.need_flush = true;
+                }
+                self.buf = None;
+            }
+            if self.read_eof {
+                if self.need_flush {
+                    ready!(w.as_mut().poll_flush(cx))?;
+                    self.need_flush = false;
+                }
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = PoolBuf::take();
+            let mut rb = ReadBuf::new(&mut buf);
+            match r.as_mut().poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    drop(buf);
+                    if self.need_flush {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                // A TLS peer that closes the socket without close_notify: MongoDB messages
+                // carry their own length, so a cut is seen by mongod; treat it as EOF.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.read_eof = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.read_eof = true;
+                    } else {
+                        self.bytes += n as u64;
+                        self.start = 0;
+                        self.end = n;
+                        self.buf = Some(buf);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes copied each way over a connection's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+}
+
+/// Copies both ways until both directions have finished, or either fails.
+/// On error, the totals so far are returned with it.
+pub async fn run<C, U>(client: &mut C, upstream: &mut U) -> Result<Totals, (io::Error, Totals)>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Pipe::default();
+    let mut down = Pipe::default();
+    let result = poll_fn(|cx| {
+        let a = if up.done {
+            Poll::Ready(Ok(()))
+        } else {
+            up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))
+        };
+        if let Poll::Ready(Err(e)) = a {
+            return Poll::Ready(Err(e));
+        }
+        let b = if down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))
+        };
+        match (a, b) {
+            (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    let totals = Totals {
+        client_to_upstream: up.bytes,
+        upstream_to_client: down.bytes,
+    };
+    result.map(|()| totals).map_err(|e| (e, totals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close() {
+        let (mut client, mut proxy_client_side) = tokio::io::duplex(1024);
+        let (mut proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
+        let task =
+            tokio::spawn(
+                async move { run(&mut proxy_client_side, &mut proxy_upstream_side).await },
+            );
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap(); // half-close: client is done sending
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap(); // sees EOF after the data
+        assert_eq!(got, b"ping");
+        // The other direction still works after the client's FIN.
+        upstream.write_all(b"pong-after-fin").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong-after-fin");
+        let totals = task.await.unwrap().unwrap();
+        assert_eq!(
+            totals,
+            Totals {
+                client_to_upstream: 4,
+                upstream_to_client: 14
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn large_transfer_under_backpressure_arrives_intact() {
+        // Small duplex buffers force partial writes and Pending on both sides.
+        let (mut client, mut a) = tokio::io::duplex(333);
+        let (mut b, mut upstream) = tokio::io::duplex(777);
+        let task = tokio::spawn(async move { run(&mut a, &mut b).await });
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "payload corrupted");
+        drop(upstream);
+        let _client = writer.await.unwrap();
+        let totals = task.await.unwrap().unwrap();
+        assert_eq!(totals.client_to_upstream, 1_000_000);
+    }
+
+    #[test]
+    fn pool_reuses_buffers_on_one_thread() {
+        let a = PoolBuf::take();
+        let ptr = a.as_ptr();
+        drop(a);
+        let b = PoolBuf::take();
+        assert_eq!(b.as_ptr(), ptr);
+        assert_eq!(b.len(), BUF_SIZE);
+    }
+}

@@ -1,0 +1,67 @@
+//! The accept loop: connection permits, one task per connection, graceful drain.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::conn;
+use crate::events;
+use crate::shutdown::Shutdown;
+use crate::state::Shared;
+
+/// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Accepts until `shutdown` fires, then waits for open connections up to the configured
+/// `shutdown_timeout`. Returns the number of connections still open when it gave up.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> usize {
+    let permits = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            signal = shutdown.requested() => {
+                events::shutdown_started(signal, shared.open_connections(), shared.settings.shutdown_timeout);
+                break;
+            }
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                events::accept_error(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            events::refused_limit(peer, shared.settings.max_connections);
+            drop(tcp);
+            continue;
+        };
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            conn::handle(tcp, peer, shared).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let drained = tokio::time::timeout(shared.settings.shutdown_timeout, tracker.wait()).await;
+    let remaining = if drained.is_ok() { 0 } else { tracker.len() };
+    events::shutdown_done(remaining);
+    remaining
+}
+
+/// Errors that concern one connection that died in the backlog, not the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,92 @@
+//! State shared by every connection. What changes at runtime (mode, TLS configuration) is
+//! read with one atomic load per connection and replaced whole, never locked.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use crate::config::{Config, UpstreamAddr};
+use crate::policy::Mode;
+use crate::tls::TlsState;
+
+/// Settings fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub upstream: UpstreamAddr,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config, upstream: UpstreamAddr) -> Settings {
+        Settings {
+            handshake_timeout: cfg.listen.handshake_timeout,
+            connect_timeout: cfg.upstream.connect_timeout,
+            max_connections: cfg.listen.max_connections,
+            shutdown_timeout: cfg.listen.shutdown_timeout,
+            upstream,
+        }
+    }
+}
+
+/// Everything a connection task needs, behind one `Arc`.
+pub struct Shared {
+    pub settings: Settings,
+    mode: AtomicU8,
+    tls: ArcSwapOption<TlsState>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, mode: Mode, tls: Option<TlsState>) -> Arc<Shared> {
+        Arc::new(Shared {
+            settings,
+            mode: AtomicU8::new(mode.to_u8()),
+            tls: ArcSwapOption::new(tls.map(Arc::new)),
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// The live SSL mode.
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    /// Switches the mode for connections accepted from now on.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode.to_u8(), Ordering::Release);
+    }
+
+    /// The live TLS configuration, if any domain is configured.
+    pub fn tls(&self) -> Option<Arc<TlsState>> {
+        self.tls.load_full()
+    }
+
+    /// Replaces the TLS configuration for handshakes from now on.
+    pub fn set_tls(&self, tls: Option<TlsState>) {
+        self.tls.store(tls.map(Arc::new));
+    }
+
+    /// Registers a new connection: its id and the number now open.
+    pub fn open_connection(&self) -> (u64, usize) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        (id, open)
+    }
+
+    /// Unregisters a connection; returns the number still open.
+    pub fn close_connection(&self) -> usize {
+        self.open.fetch_sub(1, Ordering::Relaxed) - 1
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}

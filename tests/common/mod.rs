@@ -1,0 +1,424 @@
+//! Test harness: real processes on loopback, bound to port 0.
+//!
+//! - [`Mongo`]: a secantusdb server (MongoDB wire protocol, SCRAM auth) from `.venv`.
+//! - [`Moat`]: the moat binary with a generated config; its log lines are collected so tests
+//!   wait on a line instead of sleeping.
+//! - [`Pki`]: a dev CA and a `localhost` certificate made with rcgen (`moat::certgen`).
+//! - [`pymongo`]: runs `tests/py/client.py` with the venv's pymongo 4.x.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Long enough for a cold CI machine, short enough to fail a hung test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python venv with secantusdb and pymongo (made by scripts/test).
+pub fn venv() -> PathBuf {
+    let v = std::env::var_os("MOAT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv"));
+    assert!(
+        v.join("bin/python").exists(),
+        "no Python venv at {}: run scripts/test (it creates .venv with tests/py/requirements.txt)",
+        v.display()
+    );
+    v
+}
+
+pub fn python() -> PathBuf {
+    venv().join("bin/python")
+}
+
+/// A fresh temporary directory under target/tmp.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("moat-it-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir")
+}
+
+/// Lines a child process printed, shared with the thread that reads them.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn collect<R: Read + Send + 'static>(&self, r: R) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                let (m, c) = &*me.0;
+                m.lock().unwrap().push(line);
+                c.notify_all();
+            }
+        });
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_nth(needle, 1, timeout)
+    }
+
+    /// Waits until `n` lines contain `needle`; returns the n-th.
+    pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let (m, c) = &*self.0;
+        let deadline = Instant::now() + timeout;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {n}× {needle:?}; got:\n{}",
+                lines.join("\n")
+            );
+            lines = c.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.all().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Kills the child on drop.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Lines,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let lines = Lines::default();
+        lines.collect(child.stdout.take().unwrap());
+        lines.collect(child.stderr.take().unwrap());
+        Proc { child, lines }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A secantusdb server on 127.0.0.1:random.
+pub struct Mongo {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mongo {
+    /// Without authentication, throw-away storage.
+    pub fn start() -> Mongo {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        Self::launch(dir, &data, false)
+    }
+
+    /// With `--auth` and the user alice/secret (SCRAM-SHA-1 and -256, root).
+    pub fn start_auth() -> Mongo {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        copy_dir(auth_template(), &data);
+        Self::launch(dir, &data, true)
+    }
+
+    /// Runs secantusd-py in `cwd` (kept alive as long as the server) on `data`.
+    fn launch(cwd: tempfile::TempDir, data: &Path, auth: bool) -> Mongo {
+        let mut cmd = Command::new(venv().join("bin/secantusd-py"));
+        cmd.current_dir(cwd.path())
+            .args(["--host", "127.0.0.1", "--port", "0", "--standalone"])
+            .arg("--storage-path")
+            .arg(data);
+        if auth {
+            cmd.arg("--auth");
+        }
+        let proc = Proc::spawn(&mut cmd);
+        let line = proc
+            .lines
+            .wait_for("secantus listening on 127.0.0.1:", DEADLINE);
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Mongo {
+            proc,
+            port,
+            _dir: cwd,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A stopped secantusdb data directory that holds the user alice, made once per test binary.
+fn auth_template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let base = tempdir().keep();
+        let data = base.join("data");
+        let cwd = tempfile::TempDir::new_in(&base).unwrap();
+        let mut m = Mongo::launch(cwd, &data, false);
+        let out = Command::new(python())
+            .arg(repo().join("tests/py/create_user.py"))
+            .arg(m.port.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "createUser: {out:?}");
+        m.proc.signal("TERM");
+        m.proc.wait_exit(DEADLINE);
+        data
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A dev CA plus a certificate for `localhost` (DNS SAN only), made by moat's own certgen.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempdir();
+        let files = moat::certgen::init(&moat::certgen::InitOptions {
+            dir: dir.path().to_path_buf(),
+            domain: "default".into(),
+            hostnames: vec!["localhost".into()],
+            ips: vec![],
+            force: false,
+        })
+        .unwrap();
+        Pki {
+            dir,
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        }
+    }
+}
+
+/// A config for tests: listen on 127.0.0.1:0, forward to `upstream`.
+pub fn config(upstream: &str, mode: &str, pki: &Pki, extra_listen: &str) -> String {
+    format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+handshake_timeout = "5s"
+{extra_listen}
+
+[upstream]
+address = "{upstream}"
+connect_timeout = "2s"
+
+[tls]
+mode = "{mode}"
+
+[[tls.domains]]
+name = "default"
+hostnames = ["localhost"]
+cert = "{cert}"
+key = "{key}"
+"#,
+        cert = pki.cert.display(),
+        key = pki.key.display()
+    )
+}
+
+/// A running moat.
+pub struct Moat {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Moat {
+    pub fn start(config: &str) -> Moat {
+        let dir = tempdir();
+        let path = dir.path().join("moat.toml");
+        std::fs::write(&path, config).unwrap();
+        let proc = Proc::spawn(Command::new(env!("CARGO_BIN_EXE_moat")).args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ]));
+        let line = proc.lines.wait_for("waiting for connections on ", DEADLINE);
+        let addr = line
+            .split("waiting for connections on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Moat { proc, addr, dir }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn lines(&self) -> &Lines {
+        &self.proc.lines
+    }
+}
+
+/// Output of one pymongo run: `ok` and what it printed.
+#[derive(Debug)]
+pub struct PyResult {
+    pub ok: bool,
+    pub out: String,
+}
+
+/// Runs tests/py/client.py with `interpreter` against `uri`.
+pub fn pymongo_with(interpreter: &Path, uri: &str, ops: &[&str]) -> PyResult {
+    let out = Command::new(interpreter)
+        .arg(repo().join("tests/py/client.py"))
+        .arg(uri)
+        .args(ops)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PyResult {
+        ok: out.status.success(),
+        out: text,
+    }
+}
+
+/// Runs tests/py/client.py with the venv's pymongo 4.x.
+pub fn pymongo(uri: &str, ops: &[&str]) -> PyResult {
+    pymongo_with(&python(), uri, ops)
+}
+
+/// A MongoDB URI through moat; `opts` are extra query options.
+pub fn uri(host: &str, port: u16, opts: &str) -> String {
+    format!("mongodb://{host}:{port}/?directConnection=true&serverSelectionTimeoutMS=4000{opts}")
+}
+
+/// Like [`uri`], logged in as alice/secret (see [`Mongo::start_auth`]).
+pub fn alice_uri(host: &str, port: u16, opts: &str) -> String {
+    uri(
+        &format!("alice:secret@{host}"),
+        port,
+        &format!("&authSource=admin{opts}"),
+    )
+}
+
+/// `&tls=true&tlsCAFile=...`.
+pub fn tls_opts(pki: &Pki) -> String {
+    format!("&tls=true&tlsCAFile={}", pki.ca.display())
+}
+
+/// An OP_MSG `{hello: 1, $db: "admin"}` with request id `id`.
+pub fn op_msg_hello(id: i32) -> Vec<u8> {
+    let doc = bson::doc! { "hello": 1, "$db": "admin" };
+    let mut body = Vec::new();
+    doc.to_writer(&mut body).unwrap();
+    let len = 16 + 4 + 1 + body.len();
+    let mut m = Vec::with_capacity(len);
+    for v in [len as i32, id, 0, 2013] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    m.extend_from_slice(&0u32.to_le_bytes());
+    m.push(0);
+    m.extend_from_slice(&body);
+    m
+}
+
+/// Reads one whole MongoDB message; returns its body document (OP_MSG kind 0 only).
+pub fn read_op_msg(s: &mut TcpStream) -> bson::Document {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let len = i32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; len - 16];
+    s.read_exact(&mut rest).unwrap();
+    assert_eq!(i32::from_le_bytes(h[12..16].try_into().unwrap()), 2013);
+    bson::Document::from_reader(&rest[5..]).unwrap()
+}
+
+/// Plain TCP connection with read/write timeouts.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// A hello round trip over a raw plaintext connection.
+pub fn hello_round_trip(s: &mut TcpStream, id: i32) -> bson::Document {
+    s.write_all(&op_msg_hello(id)).unwrap();
+    read_op_msg(s)
+}
+
+/// An address nothing listens on.
+pub fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a.to_string()
+}
