@@ -1,15 +1,22 @@
 //! The commands behind the CLI: load and validate, then serve (`run`), report (`check`),
-//! or make certificates (`certs`).
+//! make certificates (`certs`) or talk to a running moat (`ctl`).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::certgen;
 use crate::cli::{CertsCommand, Cli, Command};
 use crate::config::{self, Config, Source, UpstreamAddr};
+use crate::control::{Control, RestartKeys};
+use crate::ctl;
+use crate::egress::{self, Egress, Target};
 use crate::error::{ConfigErrors, Invalid};
 use crate::events;
 use crate::server;
@@ -27,6 +34,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(a) => run(&a.config),
         Command::Check(a) => check(&a.config),
         Command::Certs(c) => certs(c),
+        Command::Ctl(c) => ctl::main(c),
     }
 }
 
@@ -36,29 +44,52 @@ pub struct Loaded {
     pub source: Source,
     pub upstream: UpstreamAddr,
     pub tls: Option<TlsState>,
-    pub resumption: Resumption,
+    pub egress: Vec<Target>,
 }
 
 /// Reads the config file and loads every file it names; all problems are reported.
-pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+pub fn load(path: &Path, resumption: &Resumption) -> Result<Loaded, ConfigErrors> {
     let (config, source) = config::load(path)?;
     let upstream = config
         .upstream_addr(&source.base_dir())
         .map_err(|m| source.place(vec![Invalid::new("upstream.address", m)]))?;
-    let resumption = Resumption::new()
-        .map_err(|e| source.place(vec![Invalid::new("tls", format!("TLS setup failed: {e}"))]))?;
-    let tls = TlsState::build(&config.tls, &resumption).map_err(|p| source.place(p))?;
+    let mut problems = Vec::new();
+    let tls = TlsState::build(&config.tls, resumption).unwrap_or_else(|p| {
+        problems.extend(p);
+        None
+    });
+    let mut egress = Vec::new();
+    for (i, e) in config.egress.iter().enumerate() {
+        match Target::build(i, e) {
+            Ok(t) => egress.push(t),
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(source.place(problems));
+    }
     Ok(Loaded {
         config,
         source,
         upstream,
         tls,
-        resumption,
+        egress,
+    })
+}
+
+fn resumption() -> Result<Resumption, ExitCode> {
+    Resumption::new().map_err(|e| {
+        eprintln!("moat: TLS setup failed: {e}");
+        ExitCode::FAILURE
     })
 }
 
 fn check(path: &Path) -> ExitCode {
-    match load(path) {
+    let resumption = match resumption() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match load(path, &resumption) {
         Ok(l) => {
             let domains: Vec<&str> = l
                 .config
@@ -68,12 +99,13 @@ fn check(path: &Path) -> ExitCode {
                 .map(|d| d.name.as_str())
                 .collect();
             println!(
-                "{}: OK: listen {}, upstream {}, mode {}, domains [{}]",
+                "{}: OK: listen {}, upstream {}, mode {}, domains [{}], egress {}",
                 path.display(),
                 l.config.listen.address,
                 l.upstream,
                 l.config.tls.mode,
-                domains.join(", ")
+                domains.join(", "),
+                l.config.egress.len()
             );
             ExitCode::SUCCESS
         }
@@ -85,7 +117,11 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
-    let loaded = match load(path) {
+    let resumption = match resumption() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let loaded = match load(path, &resumption) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
@@ -105,27 +141,73 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _log = telemetry::init(&loaded.config.log);
+    let (log, _flush_on_exit) = telemetry::init(&loaded.config.log);
     events::startup(env!("CARGO_PKG_VERSION"), &path.display().to_string());
     raise_fd_limit();
-    let code = runtime.block_on(serve(loaded));
+    let code = runtime.block_on(serve(path, loaded, resumption, log));
     runtime.shutdown_background();
     code
 }
 
-async fn serve(loaded: Loaded) -> ExitCode {
+/// Prints `{file}: {key}: {what}` to stderr and returns the failure code.
+fn fail(file: &Path, key: &str, what: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{}: {key}: {what}", file.display());
+    ExitCode::FAILURE
+}
+
+async fn serve(
+    path: &Path,
+    loaded: Loaded,
+    resumption: Resumption,
+    log: telemetry::LogHandle,
+) -> ExitCode {
+    let file = loaded.source.path.clone();
     let addr = loaded.config.listen.address;
     let listener = match bind(addr) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "{}: listen.address: cannot listen on {addr}: {e}",
-                loaded.source.path.display()
-            );
-            return ExitCode::FAILURE;
+            return fail(
+                &file,
+                "listen.address",
+                format!("cannot listen on {addr}: {e}"),
+            )
         }
     };
+    let mut egress_listeners = Vec::new();
+    for (i, (cfg, target)) in loaded.config.egress.iter().zip(loaded.egress).enumerate() {
+        match bind(cfg.listen) {
+            Ok(l) => egress_listeners.push((
+                l,
+                Arc::new(Egress {
+                    listen: cfg.listen,
+                    target: arc_swap::ArcSwap::from_pointee(target),
+                }),
+            )),
+            Err(e) => {
+                return fail(
+                    &file,
+                    &format!("egress[{i}].listen"),
+                    format!("cannot listen on {}: {e}", cfg.listen),
+                )
+            }
+        }
+    }
+    let admin_listener = match &loaded.config.admin.socket {
+        Some(p) => match admin::bind(p) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return fail(
+                    &file,
+                    "admin.socket",
+                    format!("cannot create {}: {e}", p.display()),
+                )
+            }
+        },
+        None => None,
+    };
+
     let local = listener.local_addr().unwrap_or(addr);
+    let boot = RestartKeys::of(&loaded.config);
     let settings = Settings::from_config(&loaded.config, loaded.upstream);
     let mode = loaded.config.tls.mode;
     events::listening(local, mode, &settings.upstream.to_string());
@@ -136,8 +218,39 @@ async fn serve(loaded: Loaded) -> ExitCode {
             eprintln!("moat: cannot watch signals: {e}");
         }
     });
-    server::run(listener, shared, shutdown).await;
+
+    let tracker = TaskTracker::new();
+    let control = Arc::new(Control::new(
+        shared.clone(),
+        path.to_path_buf(),
+        resumption,
+        Some(log),
+        egress_listeners.iter().map(|(_, e)| e.clone()).collect(),
+        boot,
+    ));
+    for (l, eg) in egress_listeners {
+        events::egress_listening(l.local_addr().unwrap_or(eg.listen), &eg.target.load().peer);
+        let (shared, shutdown, t) = (shared.clone(), shutdown.clone(), tracker.clone());
+        tokio::spawn(egress::serve(l, eg, shared, shutdown, t));
+    }
+    if let Some(l) = admin_listener {
+        tokio::spawn(admin::serve(l, control.clone(), shutdown.clone()));
+    }
+    tokio::spawn(reload_on_sighup(control));
+    server::run(listener, shared, shutdown, tracker).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP does what `moat ctl reload` does.
+async fn reload_on_sighup(control: Arc<Control>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = control.reload().await {
+            events::reload_failed(&e.replace('\n', "; "));
+        }
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::policy::Mode;
+
 /// moat: a TLS-terminating sidecar for MongoDB nodes.
 #[derive(Debug, Parser)]
 #[command(name = "moat", version, about, propagate_version = true)]
@@ -22,6 +24,59 @@ pub enum Command {
     /// Make development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Talk to a running moat through its admin socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin socket (default: `[admin] socket` of --config).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Config file whose `[admin] socket` to use.
+    #[arg(long, short, global = true, default_value = "config.toml")]
+    pub config: PathBuf,
+    /// Print the raw JSON reply instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Mode, uptime, connections by transport, domains and their expiry.
+    Status,
+    /// Show (`mode` or `mode get`) or change (`mode set X`) the SSL mode.
+    Mode {
+        #[command(subcommand)]
+        action: Option<ModeAction>,
+    },
+    /// List open connections: id, remote, transport, SNI/domain, age, bytes, driver, app, user.
+    Connections {
+        /// Only plaintext connections (who still connects without TLS).
+        #[arg(long)]
+        plaintext: bool,
+    },
+    /// Re-read the config file, certificates and keys (same as SIGHUP).
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModeAction {
+    /// Print the current mode.
+    Get,
+    /// Change the mode for new connections; open connections keep going.
+    Set {
+        /// disabled | allowSSL | preferSSL | requireSSL
+        mode: Mode,
+        /// requireSSL even while plaintext clients are connected.
+        #[arg(long)]
+        force: bool,
+        /// Change the running mode only; do not write it into the config file.
+        #[arg(long)]
+        no_persist: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -23,7 +23,48 @@ pub struct Config {
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
+    pub egress: Vec<EgressConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[[egress]]`: a local listener the node's own mongod dials instead of a replica-set
+/// peer; moat forwards to the peer over TLS in preferSSL/requireSSL, plaintext otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// `host:port` of the peer's public (moat) port; resolved at each connect.
+    pub peer: String,
+    /// Name verified in the peer's certificate; defaults to the host of `peer`.
+    pub server_name: Option<String>,
+    /// CA certificate(s) (PEM) the peer's certificate must chain to.
+    pub ca: PathBuf,
+}
+
+impl EgressConfig {
+    /// The name the peer's certificate must carry.
+    pub fn server_name(&self) -> &str {
+        match &self.server_name {
+            Some(s) => s,
+            None => self
+                .peer
+                .rsplit_once(':')
+                .map_or(self.peer.as_str(), |(h, _)| h),
+        }
+    }
+}
+
+/// `[admin]`: the control socket `moat ctl` talks to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket path, created mode 0600 (its directory 0700 if moat creates it).
+    /// Without it there is no admin socket.
+    pub socket: Option<PathBuf>,
 }
 
 /// `[listen]`: the public port.
@@ -318,6 +359,20 @@ impl Config {
             bad.push(Invalid::new("upstream.address", msg));
         }
         self.validate_tls(base, &mut bad);
+        self.validate_egress(base, &mut bad);
+        if let Some(sock) = &mut self.admin.socket {
+            *sock = base.join(&*sock);
+            // sun_path holds 108 bytes including the terminating NUL.
+            if sock.as_os_str().len() > 107 {
+                bad.push(Invalid::new(
+                    "admin.socket",
+                    format!(
+                        "`{}` is longer than a unix socket path may be (107 bytes)",
+                        sock.display()
+                    ),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             bad.push(Invalid::new(
                 "log.level",
@@ -396,6 +451,41 @@ impl Config {
                     tls.mode
                 ),
             ));
+        }
+    }
+
+    fn validate_egress(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
+        let mut listens = Vec::new();
+        for (i, e) in self.egress.iter_mut().enumerate() {
+            e.ca = base.join(&e.ca);
+            // Port 0 (tests) picks a free port each time: never a clash.
+            let fixed = e.listen.port() != 0;
+            if fixed && listens.contains(&e.listen) {
+                bad.push(Invalid::new(
+                    format!("egress[{i}].listen"),
+                    format!("{} is used by two [[egress]] entries", e.listen),
+                ));
+            }
+            if fixed && e.listen == self.listen.address {
+                bad.push(Invalid::new(
+                    format!("egress[{i}].listen"),
+                    format!("{} is the public listen.address", e.listen),
+                ));
+            }
+            listens.push(e.listen);
+            match e.peer.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => bad.push(Invalid::new(
+                    format!("egress[{i}].peer"),
+                    format!("`{}` is not \"host:port\"", e.peer),
+                )),
+            }
+            if rustls::pki_types::ServerName::try_from(e.server_name().to_string()).is_err() {
+                bad.push(Invalid::new(
+                    format!("egress[{i}].server_name"),
+                    format!("`{}` is not a DNS name or IP address", e.server_name()),
+                ));
+            }
         }
     }
 

@@ -15,7 +15,8 @@ use crate::events::{self, TlsSummary};
 use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::proxy;
-use crate::state::Shared;
+use crate::registry::{Conn, Kind, TlsInfo};
+use crate::state::{Settings, Shared};
 use crate::tls;
 use crate::upstream::{self, Upstream};
 use crate::wire::{reply, Header, WireError};
@@ -46,7 +47,8 @@ enum ConnError {
     Io(io::Error),
 }
 
-/// Counts the connection as open for its lifetime, and logs its end however it ends.
+/// Keeps the connection counted and listed for its lifetime, and logs its end however it
+/// ends (including when the task is dropped at shutdown).
 struct OpenGuard<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
@@ -55,6 +57,7 @@ struct OpenGuard<'a> {
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
+        self.shared.registry.remove(self.id);
         let open = self.shared.close_connection();
         events::ended(self.peer, self.id, open);
     }
@@ -63,21 +66,23 @@ impl Drop for OpenGuard<'_> {
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (id, open) = shared.open_connection();
+    let conn = shared.registry.insert(id, peer, Kind::Client);
     let _guard = OpenGuard {
         shared: &shared,
         peer,
         id,
     };
     events::accepted(peer, id, open);
-    if let Err(e) = serve(tcp, id, &shared).await {
-        log(e, id, peer, &shared);
+    let settings = shared.settings_full();
+    if let Err(e) = serve(tcp, &conn, &shared, &settings).await {
+        log(e, id, peer, &settings);
     }
 }
 
-fn log(e: ConnError, id: u64, peer: SocketAddr, shared: &Shared) {
+fn log(e: ConnError, id: u64, peer: SocketAddr, settings: &Settings) {
     match e {
         ConnError::HandshakeTimeout => {
-            events::handshake_timeout(id, peer, shared.settings.handshake_timeout)
+            events::handshake_timeout(id, peer, settings.handshake_timeout)
         }
         ConnError::Refused(RejectReason::TlsRequired) => events::refused_tls_required(id, peer),
         ConnError::Refused(_) => events::refused_tls_disabled(id, peer),
@@ -89,16 +94,22 @@ fn log(e: ConnError, id: u64, peer: SocketAddr, shared: &Shared) {
         ),
         ConnError::Tls(e) => events::tls_failed(id, peer, &tls::explain(&e)),
         ConnError::Upstream(e) => {
-            events::upstream_unavailable(id, &shared.settings.upstream.to_string(), &e)
+            events::upstream_unavailable(id, &settings.upstream.to_string(), &e)
         }
         ConnError::Io(e) => events::connection_error(id, peer, &e),
     }
 }
 
-async fn serve(mut tcp: TcpStream, id: u64, shared: &Shared) -> Result<(), ConnError> {
+async fn serve(
+    mut tcp: TcpStream,
+    conn: &Conn,
+    shared: &Shared,
+    settings: &Settings,
+) -> Result<(), ConnError> {
+    let id = conn.id;
     // Nagle would delay every small MongoDB reply by up to 40 ms against delayed ACKs.
     tcp.set_nodelay(true).map_err(ConnError::Io)?;
-    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let deadline = Instant::now() + settings.handshake_timeout;
     let (first, transport) = match timeout_at(deadline, sniff(&mut tcp)).await {
         Err(_) => return Err(ConnError::HandshakeTimeout),
         Ok(Err(e)) => return Err(ConnError::Io(e)),
@@ -106,6 +117,7 @@ async fn serve(mut tcp: TcpStream, id: u64, shared: &Shared) -> Result<(), ConnE
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(sniffed))) => sniffed,
     };
+    conn.set_transport(transport);
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
             let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
@@ -116,23 +128,28 @@ async fn serve(mut tcp: TcpStream, id: u64, shared: &Shared) -> Result<(), ConnE
                 .map_err(ConnError::Tls)?;
             let (_, session) = stream.get_ref();
             let sni = session.server_name();
+            let domain = &tls.resolver.select(sni).name;
             events::tls_established(
                 id,
                 &TlsSummary {
                     version: tls::version_name(session),
                     cipher: tls::cipher_name(session),
                     sni,
-                    domain: &tls.resolver.select(sni).name,
+                    domain,
                     resumed: tls::resumed(session),
                 },
             );
+            let _ = conn.tls.set(TlsInfo {
+                sni: sni.map(str::to_string),
+                domain: domain.clone(),
+            });
             drop(tls);
-            let upstream = connect_upstream(shared).await?;
-            forward(&mut stream, upstream).await
+            let upstream = connect_upstream(settings).await?;
+            forward(&mut stream, upstream, conn).await
         }
         Action::ForwardPlaintext => {
-            let upstream = connect_upstream(shared).await?;
-            forward(&mut Prefixed::new(first, tcp), upstream).await
+            let upstream = connect_upstream(settings).await?;
+            forward(&mut Prefixed::new(first, tcp), upstream, conn).await
         }
         Action::ReplyTlsRequired => {
             reply_tls_required(tcp, first, deadline).await?;
@@ -155,19 +172,20 @@ async fn sniff(tcp: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Transport)>> 
     }
 }
 
-async fn connect_upstream(shared: &Shared) -> Result<Upstream, ConnError> {
-    upstream::connect(&shared.settings.upstream, shared.settings.connect_timeout)
+async fn connect_upstream(settings: &Settings) -> Result<Upstream, ConnError> {
+    upstream::connect(&settings.upstream, settings.connect_timeout)
         .await
         .map_err(ConnError::Upstream)
 }
 
-async fn forward<C>(client: &mut C, upstream: Upstream) -> Result<(), ConnError>
+async fn forward<C>(client: &mut C, upstream: Upstream, conn: &Conn) -> Result<(), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let (i, o) = (&conn.bytes_in, &conn.bytes_out);
     let r = match upstream {
-        Upstream::Tcp(mut s) => proxy::run(client, &mut s).await,
-        Upstream::Unix(mut s) => proxy::run(client, &mut s).await,
+        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o).await,
+        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o).await,
     };
     r.map(|_| ()).map_err(|(e, _)| ConnError::Io(e))
 }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::policy::Mode;
+use crate::policy::{Mode, Transport};
 
 /// moat's own log ids (mongod's are used literally at their call sites).
 pub mod ids {
@@ -29,6 +29,14 @@ pub mod ids {
     pub const SHUTDOWN_STARTED: u64 = 9_800_012;
     pub const SHUTDOWN_DONE: u64 = 9_800_013;
     pub const STARTUP: u64 = 9_800_014;
+    pub const EGRESS_ACCEPTED: u64 = 9_800_015;
+    pub const EGRESS_FAILED: u64 = 9_800_016;
+    pub const EGRESS_ENDED: u64 = 9_800_017;
+    pub const MODE_CHANGED: u64 = 9_800_018;
+    pub const RELOADED: u64 = 9_800_019;
+    pub const RELOAD_FAILED: u64 = 9_800_020;
+    pub const ADMIN: u64 = 9_800_021;
+    pub const EGRESS_LISTENING: u64 = 9_800_022;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -228,4 +236,85 @@ pub fn shutdown_done(remaining: usize) {
             Count(remaining)
         );
     }
+}
+
+pub fn egress_accepted(conn: u64, from: SocketAddr, peer: &str, transport: Transport, mode: Mode) {
+    tracing::info!(
+        c = "NETWORK", id = ids::EGRESS_ACCEPTED, ctx = %ConnCtx(conn), msg = "Egress connection",
+        remote = %from, peer, transport = transport.as_str(), mode = mode.as_str(),
+        "egress connection from {from} to {peer} over {} (mode {mode})",
+        if transport == Transport::Tls { "TLS" } else { "plaintext" }
+    );
+}
+
+pub fn egress_failed(conn: u64, peer: &str, error: &dyn fmt::Display) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::EGRESS_FAILED, ctx = %ConnCtx(conn), msg = "Egress connection failed",
+        peer, error = %error,
+        "egress to {peer}: {error}"
+    );
+}
+
+pub fn egress_ended(conn: u64, from: SocketAddr) {
+    tracing::info!(
+        c = "NETWORK", id = ids::EGRESS_ENDED, ctx = %ConnCtx(conn), msg = "Egress connection ended",
+        remote = %from,
+        "end egress connection {from}"
+    );
+}
+
+pub fn mode_changed(from: Mode, to: Mode, how: &str) {
+    tracing::info!(
+        c = "CONTROL",
+        id = ids::MODE_CHANGED,
+        ctx = "admin",
+        msg = "SSL mode changed",
+        from = from.as_str(),
+        to = to.as_str(),
+        how,
+        "SSL mode changed from {from} to {to} ({how}); applies to new connections"
+    );
+}
+
+pub fn reloaded(changed: &str, needs_restart: &str) {
+    if needs_restart.is_empty() {
+        tracing::info!(
+            c = "CONTROL",
+            id = ids::RELOADED,
+            ctx = "admin",
+            msg = "Configuration reloaded",
+            changed,
+            "configuration reloaded: {changed}"
+        );
+    } else {
+        tracing::warn!(
+            c = "CONTROL", id = ids::RELOADED, ctx = "admin", msg = "Configuration reloaded",
+            changed, needsRestart = needs_restart,
+            "configuration reloaded: {changed}; changed but only applied at restart: {needs_restart}"
+        );
+    }
+}
+
+pub fn reload_failed(error: &dyn fmt::Display) {
+    tracing::error!(
+        c = "CONTROL", id = ids::RELOAD_FAILED, ctx = "admin", msg = "Configuration reload failed",
+        error = %error,
+        "configuration reload failed, keeping the running configuration: {error}"
+    );
+}
+
+pub fn admin_error(error: &dyn fmt::Display) {
+    tracing::warn!(
+        c = "CONTROL", id = ids::ADMIN, ctx = "admin", msg = "Admin socket error",
+        error = %error,
+        "admin socket: {error}"
+    );
+}
+
+pub fn egress_listening(addr: SocketAddr, peer: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::EGRESS_LISTENING, ctx = "egress", msg = "Egress listening",
+        address = %addr, peer,
+        "egress listening on {addr} for {peer}"
+    );
 }

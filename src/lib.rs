@@ -4,16 +4,22 @@
 //! ([`policy`]); each connection ([`conn`]) is sniffed, judged against the live SSL mode,
 //! terminated ([`tls`]) and copied to the local mongod ([`proxy`], [`upstream`]).
 
+pub mod admin;
 pub mod app;
 pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod control;
+pub mod ctl;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod io;
+pub mod persist;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod state;

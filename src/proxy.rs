@@ -14,6 +14,7 @@ use std::future::poll_fn;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -155,9 +156,15 @@ pub struct Totals {
     pub upstream_to_client: u64,
 }
 
-/// Copies both ways until both directions have finished, or either fails.
+/// Copies both ways until both directions have finished, or either fails; the running
+/// totals are published to `bytes_in` (client → upstream) and `bytes_out` as they grow.
 /// On error, the totals so far are returned with it.
-pub async fn run<C, U>(client: &mut C, upstream: &mut U) -> Result<Totals, (io::Error, Totals)>
+pub async fn run<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    bytes_in: &AtomicU64,
+    bytes_out: &AtomicU64,
+) -> Result<Totals, (io::Error, Totals)>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -178,6 +185,9 @@ where
         } else {
             down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))
         };
+        // Plain stores of this task's own totals: no read-modify-write, no sharing.
+        bytes_in.store(up.bytes, Ordering::Relaxed);
+        bytes_out.store(down.bytes, Ordering::Relaxed);
         match (a, b) {
             (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
@@ -197,14 +207,15 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    static C: AtomicU64 = AtomicU64::new(0);
+
     #[tokio::test]
     async fn copies_both_ways_and_passes_half_close() {
         let (mut client, mut proxy_client_side) = tokio::io::duplex(1024);
         let (mut proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
-        let task =
-            tokio::spawn(
-                async move { run(&mut proxy_client_side, &mut proxy_upstream_side).await },
-            );
+        let task = tokio::spawn(async move {
+            run(&mut proxy_client_side, &mut proxy_upstream_side, &C, &C).await
+        });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap(); // half-close: client is done sending
         let mut got = Vec::new();
@@ -231,7 +242,7 @@ mod tests {
         // Small duplex buffers force partial writes and Pending on both sides.
         let (mut client, mut a) = tokio::io::duplex(333);
         let (mut b, mut upstream) = tokio::io::duplex(777);
-        let task = tokio::spawn(async move { run(&mut a, &mut b).await });
+        let task = tokio::spawn(async move { run(&mut a, &mut b, &C, &C).await });
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {

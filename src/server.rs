@@ -16,16 +16,22 @@ use crate::state::Shared;
 /// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Accepts until `shutdown` fires, then waits for open connections up to the configured
-/// `shutdown_timeout`. Returns the number of connections still open when it gave up.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> usize {
-    let permits = Arc::new(Semaphore::new(shared.settings.max_connections));
-    let tracker = TaskTracker::new();
+/// Accepts until `shutdown` fires, then waits for every task on `tracker` (client and
+/// egress connections) up to the configured `shutdown_timeout`. Returns the number of
+/// connections still open when it gave up.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) -> usize {
+    let max = shared.settings().max_connections;
+    let permits = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
             biased;
             signal = shutdown.requested() => {
-                events::shutdown_started(signal, shared.open_connections(), shared.settings.shutdown_timeout);
+                events::shutdown_started(signal, shared.open_connections(), shared.settings().shutdown_timeout);
                 break;
             }
             r = listener.accept() => r,
@@ -40,7 +46,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown)
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            events::refused_limit(peer, shared.settings.max_connections);
+            events::refused_limit(peer, max);
             drop(tcp);
             continue;
         };
@@ -52,7 +58,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown)
     }
     drop(listener);
     tracker.close();
-    let drained = tokio::time::timeout(shared.settings.shutdown_timeout, tracker.wait()).await;
+    let drained = tokio::time::timeout(shared.settings().shutdown_timeout, tracker.wait()).await;
     let remaining = if drained.is_ok() { 0 } else { tracker.len() };
     events::shutdown_done(remaining);
     remaining

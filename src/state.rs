@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::config::{Config, UpstreamAddr};
 use crate::policy::Mode;
+use crate::registry::Registry;
 use crate::tls::TlsState;
 
-/// Settings fixed for the life of the process.
+/// Settings read per connection; a reload replaces them whole. (`max_connections` is read
+/// once, at start.)
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub handshake_timeout: Duration,
@@ -35,7 +37,9 @@ impl Settings {
 
 /// Everything a connection task needs, behind one `Arc`.
 pub struct Shared {
-    pub settings: Settings,
+    settings: ArcSwap<Settings>,
+    pub registry: Registry,
+    pub started: std::time::SystemTime,
     mode: AtomicU8,
     tls: ArcSwapOption<TlsState>,
     next_id: AtomicU64,
@@ -45,12 +49,34 @@ pub struct Shared {
 impl Shared {
     pub fn new(settings: Settings, mode: Mode, tls: Option<TlsState>) -> Arc<Shared> {
         Arc::new(Shared {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
+            registry: Registry::default(),
+            started: std::time::SystemTime::now(),
             mode: AtomicU8::new(mode.to_u8()),
             tls: ArcSwapOption::new(tls.map(Arc::new)),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })
+    }
+
+    /// The live settings.
+    pub fn settings(&self) -> Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// The live settings, to keep across awaits.
+    pub fn settings_full(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings for connections from now on.
+    pub fn set_settings(&self, s: Settings) {
+        self.settings.store(Arc::new(s));
+    }
+
+    /// A fresh connection id (client and egress connections share the sequence).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The live SSL mode.
@@ -75,7 +101,7 @@ impl Shared {
 
     /// Registers a new connection: its id and the number now open.
     pub fn open_connection(&self) -> (u64, usize) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         (id, open)
     }

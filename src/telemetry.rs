@@ -21,12 +21,15 @@ use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Keeps the log writer alive and lets the level change at runtime.
+/// Lets the level change at runtime.
+#[derive(Clone)]
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, Registry>,
     env_override: bool,
-    _guard: WorkerGuard,
 }
+
+/// Flushes the log writer when dropped: keep it until the process is about to exit.
+pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
 
 impl LogHandle {
     /// Applies a new `[log] level` (ignored while MOAT_LOG / RUST_LOG set the level).
@@ -43,7 +46,7 @@ impl LogHandle {
 
 /// Installs the global logger. Lines go to stdout through a background writer thread, so
 /// a slow terminal or pipe never stalls a connection task.
-pub fn init(cfg: &LogConfig) -> LogHandle {
+pub fn init(cfg: &LogConfig) -> (LogHandle, LogGuard) {
     let env = std::env::var("MOAT_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -66,11 +69,13 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
             writer,
         })
         .try_init();
-    LogHandle {
-        filter: handle,
-        env_override,
-        _guard: guard,
-    }
+    (
+        LogHandle {
+            filter: handle,
+            env_override,
+        },
+        LogGuard(guard),
+    )
 }
 
 /// The formatter layer.

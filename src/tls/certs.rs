@@ -99,3 +99,10 @@ pub fn certified_key(
     }
     Ok(Arc::new(ck))
 }
+
+/// A certificate's notAfter as Unix seconds.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(cert)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}

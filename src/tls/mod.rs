@@ -64,13 +64,12 @@ impl TlsState {
         let mut domains = Vec::new();
         for (i, d) in cfg.domains.iter().enumerate() {
             match certs::certified_key(&d.cert, &d.key, &provider) {
-                Ok(key) => domains.push((
-                    Domain {
-                        name: d.name.clone(),
-                        key,
-                    },
-                    d.hostnames.clone(),
-                )),
+                Ok(key) => domains.push(Domain {
+                    name: d.name.clone(),
+                    not_after: key.end_entity_cert().ok().and_then(|c| certs::not_after(c)),
+                    key,
+                    hostnames: d.hostnames.clone(),
+                }),
                 Err((which, msg)) => bad.push(Invalid::new(
                     format!("tls.domains[{i}].{}", which.key()),
                     msg,

@@ -14,6 +14,9 @@ use rustls::sign::CertifiedKey;
 pub struct Domain {
     pub name: String,
     pub key: Arc<CertifiedKey>,
+    pub hostnames: Vec<String>,
+    /// The leaf certificate's notAfter, Unix seconds.
+    pub not_after: Option<i64>,
 }
 
 /// The certificate resolver handed to rustls.
@@ -36,21 +39,19 @@ impl fmt::Debug for SniResolver {
 }
 
 impl SniResolver {
-    /// `hostnames[i]` are the names of `domains[i]`, lowercase and validated; `default`
-    /// indexes `domains`.
-    pub fn new(domains: Vec<(Domain, Vec<String>)>, default: usize) -> SniResolver {
+    /// Domains' hostnames are lowercase and validated; `default` indexes `domains`.
+    pub fn new(domains: Vec<Domain>, default: usize) -> SniResolver {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        let mut list = Vec::with_capacity(domains.len());
-        for (i, (d, hostnames)) in domains.into_iter().enumerate() {
-            for h in hostnames {
+        for (i, d) in domains.iter().enumerate() {
+            for h in &d.hostnames {
                 match h.strip_prefix("*.") {
                     Some(parent) => wildcard.insert(parent.to_string(), i),
-                    None => exact.insert(h, i),
+                    None => exact.insert(h.clone(), i),
                 };
             }
-            list.push(d);
         }
+        let list = domains;
         let default = default.min(list.len().saturating_sub(1));
         SniResolver {
             domains: list,
@@ -99,7 +100,7 @@ impl ResolvesServerCert for SniResolver {
 mod tests {
     use super::*;
 
-    fn domain(name: &str) -> Domain {
+    fn domain(name: &str, hostnames: &[&str]) -> Domain {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")])
             .unwrap()
@@ -113,17 +114,18 @@ mod tests {
         Domain {
             name: name.to_string(),
             key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
+            hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+            not_after: None,
         }
     }
 
     fn resolver() -> SniResolver {
-        let hosts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         SniResolver::new(
             vec![
-                (domain("account"), hosts(&["*.acct123.example.net"])),
-                (
-                    domain("deployment"),
-                    hosts(&["d456.example.net", "db1.acct123.example.net"]),
+                domain("account", &["*.acct123.example.net"]),
+                domain(
+                    "deployment",
+                    &["d456.example.net", "db1.acct123.example.net"],
                 ),
             ],
             1,

@@ -46,20 +46,30 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-/// Lines a child process printed, shared with the thread that reads them.
+/// What a child process printed so far, and how many of its output streams are open.
+#[derive(Default)]
+struct Printed {
+    lines: Vec<String>,
+    open: usize,
+}
+
+/// Lines a child process printed, shared with the threads that read them.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+pub struct Lines(Arc<(Mutex<Printed>, Condvar)>);
 
 impl Lines {
     fn collect<R: Read + Send + 'static>(&self, r: R) {
         let me = self.clone();
+        me.0 .0.lock().unwrap().open += 1;
         std::thread::spawn(move || {
+            let (m, c) = &*me.0;
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { break };
-                let (m, c) = &*me.0;
-                m.lock().unwrap().push(line);
+                m.lock().unwrap().lines.push(line);
                 c.notify_all();
             }
+            m.lock().unwrap().open -= 1;
+            c.notify_all();
         });
     }
 
@@ -72,23 +82,29 @@ impl Lines {
     pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
         let (m, c) = &*self.0;
         let deadline = Instant::now() + timeout;
-        let mut lines = m.lock().unwrap();
+        let mut p = m.lock().unwrap();
         loop {
-            if let Some(l) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+            if let Some(l) = p.lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
                 return l.clone();
             }
             let now = Instant::now();
-            assert!(
-                now < deadline,
-                "timed out waiting for {n}× {needle:?}; got:\n{}",
-                lines.join("\n")
+            let why = if p.open == 0 {
+                "the process closed its output"
+            } else if now >= deadline {
+                "timed out"
+            } else {
+                p = c.wait_timeout(p, deadline - now).unwrap().0;
+                continue;
+            };
+            panic!(
+                "{why} waiting for {n}× {needle:?}; got:\n{}",
+                p.lines.join("\n")
             );
-            lines = c.wait_timeout(lines, deadline - now).unwrap().0;
         }
     }
 
     pub fn all(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
+        self.0 .0.lock().unwrap().lines.clone()
     }
 
     pub fn count(&self, needle: &str) -> usize {
@@ -264,6 +280,17 @@ impl Pki {
 
 /// A config for tests: listen on 127.0.0.1:0, forward to `upstream`.
 pub fn config(upstream: &str, mode: &str, pki: &Pki, extra_listen: &str) -> String {
+    config_with(upstream, mode, pki, extra_listen, "")
+}
+
+/// [`config`] plus `sections` appended (e.g. `[admin]`, `[[egress]]`).
+pub fn config_with(
+    upstream: &str,
+    mode: &str,
+    pki: &Pki,
+    extra_listen: &str,
+    sections: &str,
+) -> String {
     format!(
         r#"[listen]
 address = "127.0.0.1:0"
@@ -282,6 +309,8 @@ name = "default"
 hostnames = ["localhost"]
 cert = "{cert}"
 key = "{key}"
+
+{sections}
 "#,
         cert = pki.cert.display(),
         key = pki.key.display()
@@ -298,8 +327,13 @@ pub struct Moat {
 impl Moat {
     pub fn start(config: &str) -> Moat {
         let dir = tempdir();
+        std::fs::write(dir.path().join("moat.toml"), config).unwrap();
+        Self::start_in(dir)
+    }
+
+    /// Runs moat on `dir/moat.toml` (already written).
+    pub fn start_in(dir: tempfile::TempDir) -> Moat {
         let path = dir.path().join("moat.toml");
-        std::fs::write(&path, config).unwrap();
         let proc = Proc::spawn(Command::new(env!("CARGO_BIN_EXE_moat")).args([
             "run",
             "--config",
@@ -322,7 +356,43 @@ impl Moat {
     pub fn lines(&self) -> &Lines {
         &self.proc.lines
     }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("moat.toml")
+    }
+
+    /// The admin socket, when the config has `[admin] socket = "admin.sock"`.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// Runs `moat ctl --socket ... ARGS`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `moat ctl --json ARGS`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let (_, out, err) = self.ctl(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"))
+    }
 }
+
+/// `[admin] socket = "admin.sock"` (next to the config file).
+pub const ADMIN: &str = "[admin]\nsocket = \"admin.sock\"\n";
 
 /// Output of one pymongo run: `ok` and what it printed.
 #[derive(Debug)]
@@ -411,8 +481,7 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
 
 /// A hello round trip over a raw plaintext connection.
 pub fn hello_round_trip(s: &mut TcpStream, id: i32) -> bson::Document {
-    s.write_all(&op_msg_hello(id)).unwrap();
-    read_op_msg(s)
+    hello_over(s, id)
 }
 
 /// An address nothing listens on.
@@ -421,4 +490,41 @@ pub fn closed_port() -> String {
     let a = l.local_addr().unwrap();
     drop(l);
     a.to_string()
+}
+
+/// A TLS connection from a rustls client that trusts `ca` and sends `sni`.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+pub fn tls_connect(addr: SocketAddr, ca: &Path, sni: &str) -> std::io::Result<TlsStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp(addr));
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+/// A hello round trip over any stream.
+pub fn hello_over<S: Read + Write>(s: &mut S, id: i32) -> bson::Document {
+    s.write_all(&op_msg_hello(id)).unwrap();
+    s.flush().unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let len = i32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
+    let mut rest = vec![0u8; len - 16];
+    s.read_exact(&mut rest).unwrap();
+    bson::Document::from_reader(&rest[5..]).unwrap()
 }

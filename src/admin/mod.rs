@@ -1,0 +1,142 @@
+//! The admin socket: a unix socket, mode 0600, speaking one JSON object per line each way.
+//!
+//! Only the user moat runs as (or root) may talk to it: the file mode says so, and each
+//! connection's peer credentials are checked as well. Requests are capped in size and
+//! must arrive within a deadline; a malformed one gets `{"ok":false,"error":...}`.
+
+pub mod commands;
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::control::Control;
+use crate::events;
+use crate::shutdown::Shutdown;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send a request (and may stay idle between requests).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Creates the socket. A stale socket file left by a crash is replaced; a socket that a
+/// live process still serves is not, and neither is a file that is not a socket.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is in use by a running process (another moat?)",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    // The socket file is created with mode 0600 from the start, not chmod-ed later.
+    // SAFETY: umask only swaps the process file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves admin connections until shutdown, then removes the socket file.
+pub async fn serve(listener: UnixListener, control: Arc<Control>, shutdown: Shutdown) {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.requested() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    events::admin_error(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &control).await {
+                events::admin_error(&e);
+            }
+        });
+    }
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    matches!(stream.peer_cred(), Ok(c) if c.uid() == me || c.uid() == 0)
+}
+
+async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    if !allowed(w.as_ref()) {
+        let reply = commands::error(
+            "permission denied: only moat's own user or root may use the admin socket",
+        );
+        w.write_all(format!("{reply}\n").as_bytes()).await?;
+        return Ok(());
+    }
+    let mut r = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut r).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
+            Err(_) => {
+                let reply = commands::error("no complete request line within 10s; closing");
+                w.write_all(format!("{reply}\n").as_bytes()).await?;
+                return Ok(());
+            }
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST {
+            let reply = commands::error("request longer than 64 KiB; closing");
+            w.write_all(format!("{reply}\n").as_bytes()).await?;
+            return Ok(());
+        }
+        let reply = commands::dispatch(control, &line).await;
+        w.write_all(format!("{reply}\n").as_bytes()).await?;
+    }
+}

@@ -1,0 +1,308 @@
+//! The control plane: what `moat ctl` and SIGHUP can change while moat serves — the SSL
+//! mode, and everything a reload re-reads. Each change is validated in full first and then
+//! applied with single atomic stores; changes are serialised by one async lock that the
+//! data path never touches.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::app;
+use crate::egress::{Egress, Target};
+use crate::events;
+use crate::persist::{self, PersistError};
+use crate::policy::{Mode, Transport};
+use crate::registry::{Conn, Kind};
+use crate::state::{Settings, Shared};
+use crate::telemetry::LogHandle;
+use crate::tls::Resumption;
+
+/// Values only read at start: a reload that changes them says a restart is needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartKeys {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub admin_socket: Option<PathBuf>,
+    pub egress: Vec<SocketAddr>,
+}
+
+impl RestartKeys {
+    pub fn of(cfg: &crate::config::Config) -> RestartKeys {
+        RestartKeys {
+            listen: cfg.listen.address,
+            max_connections: cfg.listen.max_connections,
+            admin_socket: cfg.admin.socket.clone(),
+            egress: cfg.egress.iter().map(|e| e.listen).collect(),
+        }
+    }
+
+    fn changed(&self, new: &RestartKeys) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.listen != new.listen {
+            v.push("listen.address");
+        }
+        if self.max_connections != new.max_connections {
+            v.push("listen.max_connections");
+        }
+        if self.admin_socket != new.admin_socket {
+            v.push("admin.socket");
+        }
+        if self.egress != new.egress {
+            v.push("egress[].listen");
+        }
+        v
+    }
+}
+
+/// Why a mode change was refused.
+#[derive(Debug)]
+pub enum ModeError {
+    /// A TLS-accepting mode without any certificate configured.
+    NoCertificates(Mode),
+    /// requireSSL while plaintext clients are connected (without `force`).
+    PlaintextOpen(Vec<Arc<Conn>>),
+    Persist(PersistError),
+}
+
+impl std::fmt::Display for ModeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModeError::NoCertificates(m) => write!(
+                f,
+                "mode {m} accepts TLS clients but no [[tls.domains]] certificate is loaded: add one to the config and reload first"
+            ),
+            ModeError::PlaintextOpen(v) => write!(
+                f,
+                "{} plaintext connection{} open: requireSSL would refuse their reconnects. Move those clients to TLS (see the list), or use --force",
+                v.len(),
+                if v.len() == 1 { " is" } else { "s are" }
+            ),
+            ModeError::Persist(e) => write!(f, "mode not changed: {e}"),
+        }
+    }
+}
+
+/// What the control plane operates on.
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub config_path: PathBuf,
+    resumption: Resumption,
+    log: Option<LogHandle>,
+    egress: Vec<Arc<Egress>>,
+    boot: RestartKeys,
+    edits: Mutex<()>,
+}
+
+impl Control {
+    pub fn new(
+        shared: Arc<Shared>,
+        config_path: PathBuf,
+        resumption: Resumption,
+        log: Option<LogHandle>,
+        egress: Vec<Arc<Egress>>,
+        boot: RestartKeys,
+    ) -> Control {
+        Control {
+            shared,
+            config_path,
+            resumption,
+            log,
+            egress,
+            boot,
+            edits: Mutex::new(()),
+        }
+    }
+
+    /// Changes the SSL mode for new connections; open ones keep going.
+    pub async fn set_mode(
+        &self,
+        mode: Mode,
+        force: bool,
+        persist: bool,
+    ) -> Result<Value, ModeError> {
+        let _one_at_a_time = self.edits.lock().await;
+        let previous = self.shared.mode();
+        if mode.accepts_tls() && self.shared.tls().is_none() {
+            return Err(ModeError::NoCertificates(mode));
+        }
+        if mode == Mode::RequireSsl && !force {
+            let open = self.plaintext_clients();
+            if !open.is_empty() {
+                return Err(ModeError::PlaintextOpen(open));
+            }
+        }
+        if persist {
+            let path = self.config_path.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                persist::edit(&path, |d| {
+                    persist::set_value(d, "tls", "mode", mode.as_str().into())
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(PersistError::Edit(e.to_string())));
+            saved.map_err(ModeError::Persist)?;
+        }
+        let start = Instant::now();
+        self.shared.set_mode(mode);
+        let how = if persist {
+            "moat ctl, saved to the config file"
+        } else {
+            "moat ctl, not saved: a restart or reload returns to the file's mode"
+        };
+        events::mode_changed(previous, mode, how);
+        Ok(json!({
+            "ok": true,
+            "mode": mode.as_str(),
+            "previous": previous.as_str(),
+            "persisted": persist,
+            "applied_in_us": start.elapsed().as_micros() as u64,
+        }))
+    }
+
+    fn plaintext_clients(&self) -> Vec<Arc<Conn>> {
+        self.shared
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|c| c.kind == Kind::Client && c.transport() == Some(Transport::Plaintext))
+            .collect()
+    }
+
+    /// Re-reads the config file and everything it names; applies it all or nothing.
+    pub async fn reload(&self) -> Result<Value, String> {
+        let _one_at_a_time = self.edits.lock().await;
+        let path = self.config_path.clone();
+        let resumption = self.resumption.clone();
+        let loaded = tokio::task::spawn_blocking(move || app::load(&path, &resumption))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        // Egress targets were built by `load`; match them to the running listeners.
+        let targets: Vec<(Arc<Egress>, Target)> = loaded
+            .config
+            .egress
+            .iter()
+            .zip(loaded.egress)
+            .filter_map(|(cfg, t)| {
+                let eg = self.egress.iter().find(|e| e.listen == cfg.listen)?;
+                Some((eg.clone(), t))
+            })
+            .collect();
+        if let Some(log) = &self.log {
+            log.set_level(&loaded.config.log.level)?;
+        }
+        let mut applied = Vec::new();
+        let domains = loaded.config.tls.domains.len();
+        self.shared.set_tls(loaded.tls);
+        applied.push(format!("{domains} TLS domain(s) re-read"));
+        for (eg, t) in targets {
+            eg.target.store(Arc::new(t));
+        }
+        let settings = Settings::from_config(&loaded.config, loaded.upstream);
+        applied.push(format!("upstream {}", settings.upstream));
+        self.shared.set_settings(settings);
+        let previous = self.shared.mode();
+        let mode = loaded.config.tls.mode;
+        if mode != previous {
+            self.shared.set_mode(mode);
+            events::mode_changed(previous, mode, "reload");
+        }
+        applied.push(format!("mode {mode}"));
+        applied.push(format!("log level {}", loaded.config.log.level));
+        let restart = self
+            .boot
+            .changed(&crate::control::RestartKeys::of(&loaded.config));
+        events::reloaded(&applied.join(", "), &restart.join(", "));
+        Ok(json!({
+            "ok": true,
+            "applied": applied,
+            "needs_restart": restart,
+            "mode": mode.as_str(),
+        }))
+    }
+
+    /// `moat ctl status`.
+    pub fn status(&self) -> Value {
+        let conns = self.shared.registry.snapshot();
+        let count = |k: Kind, t: Option<Transport>| {
+            conns
+                .iter()
+                .filter(|c| c.kind == k && (t.is_none() || c.transport() == t))
+                .count()
+        };
+        let domains: Vec<Value> = self
+            .shared
+            .tls()
+            .map(|t| {
+                t.resolver
+                    .domains()
+                    .iter()
+                    .map(|d| json!({"name": d.name, "hostnames": d.hostnames, "not_after": d.not_after}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let uptime = self
+            .shared
+            .started
+            .elapsed()
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        json!({
+            "ok": true,
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": self.shared.mode().as_str(),
+            "uptime_secs": uptime,
+            "config": self.config_path.display().to_string(),
+            "upstream": self.shared.settings().upstream.to_string(),
+            "connections": {
+                "open": count(Kind::Client, None),
+                "tls": count(Kind::Client, Some(Transport::Tls)),
+                "plaintext": count(Kind::Client, Some(Transport::Plaintext)),
+                "egress": count(Kind::Egress, None),
+            },
+            "domains": domains,
+            "egress": self.egress.iter().map(|e| json!({
+                "listen": e.listen.to_string(),
+                "peer": e.target.load().peer.clone(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `moat ctl connections`.
+    pub fn connections(&self, plaintext_only: bool) -> Value {
+        let list: Vec<Value> = self
+            .shared
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|c| !plaintext_only || c.transport() == Some(Transport::Plaintext))
+            .map(|c| conn_json(c))
+            .collect();
+        json!({"ok": true, "connections": list})
+    }
+}
+
+/// One connection as the admin protocol shows it (stable keys).
+pub fn conn_json(c: &Conn) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tls = c.tls.get();
+    let client = c.client.get();
+    json!({
+        "id": c.id,
+        "remote": c.remote.to_string(),
+        "kind": match c.kind { Kind::Client => "client", Kind::Egress => "egress" },
+        "transport": c.transport().map(Transport::as_str),
+        "sni": tls.and_then(|t| t.sni.clone()),
+        "domain": tls.map(|t| t.domain.clone()),
+        "age_secs": c.started.elapsed().as_secs_f64(),
+        "bytes_in": c.bytes_in.load(Relaxed),
+        "bytes_out": c.bytes_out.load(Relaxed),
+        "driver": client.and_then(|i| i.driver.clone()),
+        "app": client.and_then(|i| i.app.clone()),
+        "user": client.and_then(|i| i.user.clone()),
+    })
+}

@@ -1,0 +1,133 @@
+//! Egress: the node's own mongod reaching its replica-set peers through moat.
+//!
+//! mongod dials a local `[[egress]] listen` address instead of the peer; moat forwards to
+//! the peer speaking TLS when the live mode is preferSSL or requireSSL and plaintext in
+//! disabled and allowSSL — mongod's own difference between allowSSL and preferSSL. The
+//! mode is read per connection, so a mode change applies to the next one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_util::task::TaskTracker;
+
+use crate::config::EgressConfig;
+use crate::error::Invalid;
+use crate::events;
+use crate::policy::Transport;
+use crate::proxy;
+use crate::registry::Kind;
+use crate::shutdown::Shutdown;
+use crate::state::Shared;
+use crate::tls;
+
+/// Where one egress listener forwards to, and how to verify it. Replaced whole on reload.
+pub struct Target {
+    pub peer: String,
+    pub server_name: ServerName<'static>,
+    connector: TlsConnector,
+}
+
+impl Target {
+    /// Loads the CA and builds the TLS client; problems are named by `egress[i]` keys.
+    pub fn build(i: usize, cfg: &EgressConfig) -> Result<Target, Invalid> {
+        let key = |k: &str| format!("egress[{i}].{k}");
+        let chain = tls::certs::load_chain(&cfg.ca).map_err(|m| Invalid::new(key("ca"), m))?;
+        let mut roots = RootCertStore::empty();
+        for c in chain {
+            roots
+                .add(c)
+                .map_err(|e| Invalid::new(key("ca"), format!("{}: {e}", cfg.ca.display())))?;
+        }
+        let server_name = ServerName::try_from(cfg.server_name().to_string())
+            .map_err(|e| Invalid::new(key("server_name"), e.to_string()))?;
+        let client = ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Invalid::new(key("ca"), e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Target {
+            peer: cfg.peer.clone(),
+            server_name,
+            connector: TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
+/// One `[[egress]]` listener.
+pub struct Egress {
+    pub listen: SocketAddr,
+    pub target: ArcSwap<Target>,
+}
+
+/// Accepts mongod's outgoing connections on `listener` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    egress: Arc<Egress>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (local, from) = tokio::select! {
+            _ = shutdown.requested() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    events::accept_error(&e);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let (egress, shared) = (egress.clone(), shared.clone());
+        tracker.spawn(async move { handle(local, from, &egress, &shared).await });
+    }
+}
+
+async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared: &Shared) {
+    let _ = local.set_nodelay(true);
+    let id = shared.next_id();
+    let conn = shared.registry.insert(id, from, Kind::Egress);
+    let target = egress.target.load_full();
+    let mode = shared.mode();
+    let transport = if mode.egress_tls() {
+        Transport::Tls
+    } else {
+        Transport::Plaintext
+    };
+    conn.set_transport(transport);
+    events::egress_accepted(id, from, &target.peer, transport, mode);
+    let timeout = shared.settings().connect_timeout;
+    let result = async {
+        let addr = target.peer.as_str();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (bytes_in, bytes_out) = (&conn.bytes_in, &conn.bytes_out);
+        let copied = if mode.egress_tls() {
+            let handshake = target.connector.connect(target.server_name.clone(), tcp);
+            let mut tls = tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+                .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+            proxy::run(&mut local, &mut tls, bytes_in, bytes_out).await
+        } else {
+            let mut tcp = tcp;
+            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out).await
+        };
+        copied.map(|_| ()).map_err(|(e, _)| e.to_string())
+    }
+    .await;
+    if let Err(e) = result {
+        events::egress_failed(id, &target.peer, &e);
+    }
+    shared.registry.remove(id);
+    events::egress_ended(id, from);
+}
