@@ -237,6 +237,7 @@ async fn serve(
         tokio::spawn(admin::serve(l, control.clone(), shutdown.clone()));
     }
     tokio::spawn(reload_on_sighup(control));
+    tokio::spawn(watch_expiry(shared.clone()));
     server::run(listener, shared, shutdown, tracker).await;
     ExitCode::SUCCESS
 }
@@ -250,6 +251,15 @@ async fn reload_on_sighup(control: Arc<Control>) {
         if let Err(e) = control.reload().await {
             events::reload_failed(&e.replace('\n', "; "));
         }
+    }
+}
+
+/// Warns about certificates close to expiry now and every 12 hours.
+async fn watch_expiry(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(12 * 3600));
+    loop {
+        every.tick().await;
+        crate::control::warn_expiring(&shared);
     }
 }
 
@@ -280,38 +290,92 @@ fn raise_fd_limit() {
 }
 
 fn certs(cmd: CertsCommand) -> ExitCode {
-    match cmd {
+    let result = match cmd {
         CertsCommand::Init {
             dir,
             hostnames,
             ip,
             domain,
             force,
-        } => {
-            let opts = certgen::InitOptions {
-                dir,
-                domain,
-                hostnames,
-                ips: ip,
-                force,
-            };
-            match certgen::init(&opts) {
-                Ok(f) => {
-                    println!(
-                        "wrote {} (CA), {} (CA key, keep private), {} and {} for names {}",
-                        f.ca.display(),
-                        f.ca_key.display(),
-                        f.cert.display(),
-                        f.key.display(),
-                        opts.hostnames.join(",")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("moat certs init: {e}");
-                    ExitCode::FAILURE
-                }
+        } => certgen::init(&certgen::InitOptions {
+            dir,
+            domain,
+            hostnames: hostnames.clone(),
+            ips: ip,
+            force,
+        })
+        .map(|f| {
+            format!(
+                "wrote {} (CA), {} (CA key, keep private), {} and {} for names {}",
+                f.ca.display(),
+                f.ca_key.display(),
+                f.cert.display(),
+                f.key.display(),
+                hostnames.join(",")
+            )
+        }),
+        CertsCommand::Issue {
+            dir,
+            domain,
+            hostnames,
+            ip,
+            encrypt_key,
+            force,
+        } => certgen::issue(&certgen::IssueOptions {
+            dir,
+            domain,
+            hostnames: hostnames.clone(),
+            ips: ip,
+            encrypt_key,
+            force,
+        })
+        .map(|f| {
+            let mut msg = format!(
+                "wrote {} and {} for names {}",
+                f.cert.display(),
+                f.key.display(),
+                hostnames.join(",")
+            );
+            if let Some(p) = f.new_password_file {
+                msg += &format!("; the key's password is in {} (0600)", p.display());
             }
+            msg
+        }),
+        CertsCommand::Csr {
+            out,
+            key,
+            hostnames,
+            ip,
+            encrypt_key,
+            force,
+        } => certgen::csr(&certgen::CsrOptions {
+            out: out.clone(),
+            key: key.clone(),
+            hostnames,
+            ips: ip,
+            encrypt_key,
+            force,
+        })
+        .map(|created| {
+            let mut msg = format!(
+                "wrote {} (send it to your CA) and {} (this node's key, 0600)",
+                out.display(),
+                key.display()
+            );
+            if let Some(p) = created {
+                msg += &format!("; the key's password is in {} (0600)", p.display());
+            }
+            msg
+        }),
+    };
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("moat certs: {e}");
+            ExitCode::FAILURE
         }
     }
 }

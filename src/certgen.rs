@@ -16,6 +16,7 @@ use rcgen::{
 };
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
 
 /// CA validity.
 const CA_DAYS: i64 = 3650;
@@ -36,6 +37,10 @@ pub enum CertgenError {
     NotDns(String),
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("no dev CA in {0}: run `moat certs init --dir {0}` first")]
+    NoCa(String),
+    #[error("{0}")]
+    Key(String),
 }
 
 /// What `moat certs init` makes.
@@ -73,18 +78,11 @@ impl InitOptions {
 /// Makes a dev CA and one domain's certificate and key signed by it.
 pub fn init(opts: &InitOptions) -> Result<InitFiles, CertgenError> {
     let files = opts.files();
-    for h in &opts.hostnames {
-        if h.parse::<IpAddr>().is_ok() {
-            return Err(CertgenError::NotDns(h.clone()));
-        }
-    }
-    if !opts.force {
-        for p in [&files.ca, &files.ca_key, &files.cert, &files.key] {
-            if p.exists() {
-                return Err(CertgenError::Exists(p.clone()));
-            }
-        }
-    }
+    check_dns(&opts.hostnames)?;
+    refuse_overwrite(
+        &[&files.ca, &files.ca_key, &files.cert, &files.key],
+        opts.force,
+    )?;
     std::fs::create_dir_all(&opts.dir).map_err(|source| CertgenError::Io {
         path: opts.dir.clone(),
         source,
@@ -105,14 +103,29 @@ pub fn init(opts: &InitOptions) -> Result<InitFiles, CertgenError> {
     let issuer = Issuer::new(ca, &ca_key);
 
     let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(opts.hostnames.clone())?;
+    let cert =
+        server_params(&opts.hostnames, &opts.ips, &opts.domain, now)?.signed_by(&key, &issuer)?;
+
+    write_file(&files.ca, ca_cert.pem().as_bytes(), 0o644)?;
+    write_file(&files.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    write_file(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    Ok(files)
+}
+
+/// A server certificate's parameters: the names as SANs (CN = the first), serverAuth, the
+/// dev CRL, valid from an hour ago for LEAF_DAYS.
+fn server_params(
+    hostnames: &[String],
+    ips: &[IpAddr],
+    fallback_cn: &str,
+    now: OffsetDateTime,
+) -> Result<CertificateParams, CertgenError> {
+    check_dns(hostnames)?;
+    let mut leaf = CertificateParams::new(hostnames.to_vec())?;
     leaf.subject_alt_names
-        .extend(opts.ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    let cn = opts
-        .hostnames
-        .first()
-        .cloned()
-        .unwrap_or_else(|| opts.domain.clone());
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    let cn = hostnames.first().map_or(fallback_cn, String::as_str);
     leaf.distinguished_name.push(DnType::CommonName, cn);
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -122,13 +135,154 @@ pub fn init(opts: &InitOptions) -> Result<InitFiles, CertgenError> {
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = now - Duration::hours(1);
     leaf.not_after = now + Duration::days(LEAF_DAYS);
-    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok(leaf)
+}
 
-    write_file(&files.ca, ca_cert.pem().as_bytes(), 0o644)?;
-    write_file(&files.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
-    write_file(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
-    Ok(files)
+fn check_dns(hostnames: &[String]) -> Result<(), CertgenError> {
+    match hostnames.iter().find(|h| h.parse::<IpAddr>().is_ok()) {
+        Some(ip) => Err(CertgenError::NotDns(ip.clone())),
+        None => Ok(()),
+    }
+}
+
+/// What `moat certs issue` makes.
+#[derive(Debug, Clone)]
+pub struct IssueOptions {
+    /// Holds the dev CA (`ca.pem`, `ca-key.pem`); the new files are written here too.
+    pub dir: PathBuf,
+    pub domain: String,
+    pub hostnames: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// Encrypt the key with the password in this file (made, 0600, if it does not exist).
+    pub encrypt_key: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// Files written by [`issue`].
+#[derive(Debug, Clone)]
+pub struct IssueFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Set when a new password file was created.
+    pub new_password_file: Option<PathBuf>,
+}
+
+/// Issues a domain certificate signed by the dev CA in `opts.dir`.
+pub fn issue(opts: &IssueOptions) -> Result<IssueFiles, CertgenError> {
+    let cert_path = opts.dir.join(format!("{}.pem", opts.domain));
+    let key_path = opts.dir.join(format!("{}-key.pem", opts.domain));
+    refuse_overwrite(&[&cert_path, &key_path], opts.force)?;
+    let (ca_pem, ca_key) = load_ca(&opts.dir)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+    let key = KeyPair::generate()?;
+    let now = OffsetDateTime::now_utc();
+    let cert =
+        server_params(&opts.hostnames, &opts.ips, &opts.domain, now)?.signed_by(&key, &issuer)?;
+    let (key_pem, new_password_file) = key_pem(&key, opts.encrypt_key.as_deref())?;
+    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+    Ok(IssueFiles {
+        cert: cert_path,
+        key: key_path,
+        new_password_file,
+    })
+}
+
+/// What `moat certs csr` makes.
+#[derive(Debug, Clone)]
+pub struct CsrOptions {
+    pub out: PathBuf,
+    pub key: PathBuf,
+    pub hostnames: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub encrypt_key: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// Makes a fresh key pair for this node and a CSR for its names, to send to a real CA.
+/// Returns the password file it created, if any.
+pub fn csr(opts: &CsrOptions) -> Result<Option<PathBuf>, CertgenError> {
+    refuse_overwrite(&[&opts.out, &opts.key], opts.force)?;
+    check_dns(&opts.hostnames)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(opts.hostnames.clone())?;
+    params
+        .subject_alt_names
+        .extend(opts.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    if let Some(cn) = opts.hostnames.first() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, cn.as_str());
+    }
+    let request = params.serialize_request(&key)?;
+    let (key_pem, created) = key_pem(&key, opts.encrypt_key.as_deref())?;
+    write_file(&opts.key, key_pem.as_bytes(), 0o600)?;
+    write_file(&opts.out, request.pem()?.as_bytes(), 0o644)?;
+    Ok(created)
+}
+
+fn refuse_overwrite(paths: &[&PathBuf], force: bool) -> Result<(), CertgenError> {
+    match paths.iter().find(|p| p.exists()) {
+        Some(p) if !force => Err(CertgenError::Exists((*p).clone())),
+        _ => Ok(()),
+    }
+}
+
+fn load_ca(dir: &Path) -> Result<(String, KeyPair), CertgenError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|_| CertgenError::NoCa(dir.display().to_string()))
+    };
+    let ca = read("ca.pem")?;
+    let key = KeyPair::from_pem(&read("ca-key.pem")?)?;
+    Ok((ca, key))
+}
+
+/// PBKDF2 rounds for keys moat encrypts: about 50 ms to open on this class of machine.
+const PBKDF2_ROUNDS: u32 = 100_000;
+
+/// The key as PEM: PKCS#8, or encrypted PKCS#8 (PBES2: PBKDF2-SHA256, AES-256-CBC, which
+/// `openssl pkey -passin file:` reads) with the password from `passfile`, made if missing.
+fn key_pem(
+    key: &KeyPair,
+    passfile: Option<&Path>,
+) -> Result<(Zeroizing<String>, Option<PathBuf>), CertgenError> {
+    let Some(passfile) = passfile else {
+        return Ok((Zeroizing::new(key.serialize_pem()), None));
+    };
+    let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    let random = |buf: &mut [u8]| {
+        rng.fill(buf)
+            .map_err(|_| CertgenError::Key("no randomness available".into()))
+    };
+    let created = if passfile.exists() {
+        None
+    } else {
+        let mut raw = Zeroizing::new([0u8; 24]);
+        random(&mut raw[..])?;
+        let hex: Zeroizing<String> =
+            Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
+        write_file(passfile, format!("{}\n", hex.as_str()).as_bytes(), 0o600)?;
+        Some(passfile.to_path_buf())
+    };
+    let password = crate::tls::certs::read_password(passfile).map_err(CertgenError::Key)?;
+    let (mut salt, mut iv) = ([0u8; 16], [0u8; 16]);
+    random(&mut salt)?;
+    random(&mut iv)?;
+    let enc_err =
+        |e: &dyn std::fmt::Display| CertgenError::Key(format!("cannot encrypt the key: {e}"));
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, &iv)
+            .map_err(|e| enc_err(&e))?;
+    let der = key.serialize_der();
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| enc_err(&e))?;
+    let doc = info
+        .encrypt_with_params(params, password.as_bytes())
+        .map_err(|e| enc_err(&e))?;
+    let pem = doc
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .map_err(|e| enc_err(&e))?;
+    Ok((pem, created))
 }
 
 /// Writes a file with the given mode (keys are 0600 from the first byte, never chmod-ed
@@ -170,8 +324,14 @@ mod tests {
         let files = init(&opts(dir.path())).unwrap();
         let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let provider = crate::tls::provider();
-        crate::tls::certs::certified_key(&files.cert, &files.key, &provider).unwrap();
+        let domain = crate::config::DomainConfig {
+            name: "default".into(),
+            hostnames: vec!["localhost".into()],
+            cert: files.cert,
+            key: files.key,
+            key_password_file: None,
+        };
+        crate::tls::certs::certified_key(&domain, &crate::tls::provider()).unwrap();
     }
 
     #[test]
@@ -193,5 +353,42 @@ mod tests {
         let mut o = opts(dir.path());
         o.hostnames.push("127.0.0.1".into());
         assert!(matches!(init(&o), Err(CertgenError::NotDns(_))));
+    }
+}
+
+#[cfg(test)]
+mod issue_tests {
+    use super::*;
+
+    #[test]
+    fn issued_encrypted_key_loads_with_its_password_only() {
+        let dir = tempfile::tempdir().unwrap();
+        init(&InitOptions {
+            dir: dir.path().to_path_buf(),
+            domain: "default".into(),
+            hostnames: vec!["localhost".into()],
+            ips: vec![],
+            force: false,
+        })
+        .unwrap();
+        let pass = dir.path().join("d.pass");
+        let files = issue(&IssueOptions {
+            dir: dir.path().to_path_buf(),
+            domain: "d".into(),
+            hostnames: vec!["d.moat.test".into()],
+            ips: vec![],
+            encrypt_key: Some(pass.clone()),
+            force: false,
+        })
+        .unwrap();
+        assert_eq!(files.new_password_file.as_deref(), Some(pass.as_path()));
+        let pw = crate::tls::certs::read_password(&pass).unwrap();
+        crate::tls::certs::load_key(&files.key, Some(&pw)).unwrap();
+        let wrong = crate::tls::certs::Secret::new(b"wrong".to_vec());
+        let e = crate::tls::certs::load_key(&files.key, Some(&wrong)).unwrap_err();
+        assert!(e.contains("wrong password?"), "{e}");
+        assert!(crate::tls::certs::load_key(&files.key, None)
+            .unwrap_err()
+            .contains("set key_password_file"));
     }
 }

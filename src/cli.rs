@@ -107,4 +107,47 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a certificate for a domain, signed by the dev CA that `certs init` made in DIR.
+    Issue {
+        /// Directory holding ca.pem and ca-key.pem; DOMAIN.pem and DOMAIN-key.pem go here.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Domain name (matches [[tls.domains]] name; names the files).
+        #[arg(long)]
+        domain: String,
+        /// DNS names, comma-separated; `*.example.net` for a wildcard.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hostnames: Vec<String>,
+        /// IP addresses to add as SANs.
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<IpAddr>,
+        /// Encrypt the key with the password in PASSFILE (a random one is written there,
+        /// mode 0600, if the file does not exist). Use it as key_password_file.
+        #[arg(long, value_name = "PASSFILE")]
+        encrypt_key: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a new key pair for this node and a certificate signing request for a real CA.
+    Csr {
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the new private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// DNS names to request, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hostnames: Vec<String>,
+        /// IP addresses to request as SANs.
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<IpAddr>,
+        /// Encrypt the key with the password in PASSFILE (made if missing).
+        #[arg(long, value_name = "PASSFILE")]
+        encrypt_key: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }

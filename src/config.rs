@@ -149,8 +149,26 @@ pub struct TlsConfig {
     pub min_version: MinVersion,
     /// Domain served without SNI or for an unknown name; optional with one domain.
     pub default_domain: Option<String>,
+    /// Whether clients present a certificate: none | optional | required.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// CA (PEM) that client certificates must chain to; needed unless `none`.
+    pub client_ca: Option<PathBuf>,
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
+}
+
+/// `[tls] client_certificates`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    /// Not requested.
+    #[default]
+    None,
+    /// Requested and verified when sent; clients without one are let in (and logged).
+    Optional,
+    /// Clients without a valid certificate fail the handshake.
+    Required,
 }
 
 fn default_mode() -> Mode {
@@ -163,6 +181,8 @@ impl Default for TlsConfig {
             mode: default_mode(),
             min_version: MinVersion::default(),
             default_domain: None,
+            client_certificates: ClientCertificates::None,
+            client_ca: None,
             domains: Vec::new(),
         }
     }
@@ -188,8 +208,10 @@ pub struct DomainConfig {
     pub hostnames: Vec<String>,
     /// PEM: leaf first, then the chain.
     pub cert: PathBuf,
-    /// PEM private key: PKCS#8, PKCS#1 or SEC1.
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1, or encrypted PKCS#8 with...
     pub key: PathBuf,
+    /// ...its password in this file (one trailing newline is ignored).
+    pub key_password_file: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -389,9 +411,21 @@ impl Config {
         let tls = &mut self.tls;
         let mut seen_names: Vec<&str> = Vec::new();
         let mut seen_hosts: Vec<(String, usize)> = Vec::new();
+        if let Some(ca) = &mut tls.client_ca {
+            *ca = base.join(&*ca);
+        }
+        if tls.client_certificates != ClientCertificates::None && tls.client_ca.is_none() {
+            bad.push(Invalid::new(
+                "tls.client_certificates",
+                "needs tls.client_ca: the CA that client certificates must chain to",
+            ));
+        }
         for d in tls.domains.iter_mut() {
             d.cert = base.join(&d.cert);
             d.key = base.join(&d.key);
+            if let Some(p) = &mut d.key_password_file {
+                *p = base.join(&*p);
+            }
             for h in d.hostnames.iter_mut() {
                 *h = h.to_ascii_lowercase();
             }

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::ClientCertificates;
 use crate::events::{self, TlsSummary};
 use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
@@ -129,6 +130,10 @@ async fn serve(
             let (_, session) = stream.get_ref();
             let sni = session.server_name();
             let domain = &tls.resolver.select(sni).name;
+            let client = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(tls::certs::subject_rfc2253);
             events::tls_established(
                 id,
                 &TlsSummary {
@@ -137,11 +142,16 @@ async fn serve(
                     sni,
                     domain,
                     resumed: tls::resumed(session),
+                    client: client.as_deref(),
                 },
             );
+            if client.is_none() && tls.client_certificates != ClientCertificates::None {
+                events::no_peer_certificate(id);
+            }
             let _ = conn.tls.set(TlsInfo {
                 sni: sni.map(str::to_string),
                 domain: domain.clone(),
+                client_subject: client,
             });
             drop(tls);
             let upstream = connect_upstream(settings).await?;

@@ -148,6 +148,7 @@ impl Control {
         }
         let start = Instant::now();
         self.shared.set_mode(mode);
+        let applied = start.elapsed();
         let how = if persist {
             "moat ctl, saved to the config file"
         } else {
@@ -159,7 +160,7 @@ impl Control {
             "mode": mode.as_str(),
             "previous": previous.as_str(),
             "persisted": persist,
-            "applied_in_us": start.elapsed().as_micros() as u64,
+            "applied_in_us": applied.as_micros() as u64,
         }))
     }
 
@@ -198,6 +199,7 @@ impl Control {
         let mut applied = Vec::new();
         let domains = loaded.config.tls.domains.len();
         self.shared.set_tls(loaded.tls);
+        warn_expiring(&self.shared);
         applied.push(format!("{domains} TLS domain(s) re-read"));
         for (eg, t) in targets {
             eg.target.store(Arc::new(t));
@@ -283,6 +285,18 @@ impl Control {
             .map(|c| conn_json(c))
             .collect();
         json!({"ok": true, "connections": list})
+    }
+}
+
+/// Certificates expire quietly; this is said at start, at each reload and twice a day.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Logs a warning for each domain whose certificate expires within 14 days.
+pub fn warn_expiring(shared: &Shared) {
+    if let Some(tls) = shared.tls() {
+        for (name, days, not_after) in tls.expiring_within(EXPIRY_WARNING_DAYS) {
+            events::certificate_expiring(name, days, &crate::tls::date(not_after));
+        }
     }
 }
 

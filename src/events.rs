@@ -37,6 +37,7 @@ pub mod ids {
     pub const RELOAD_FAILED: u64 = 9_800_020;
     pub const ADMIN: u64 = 9_800_021;
     pub const EGRESS_LISTENING: u64 = 9_800_022;
+    pub const CERT_EXPIRING: u64 = 9_800_023;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -102,15 +103,39 @@ pub struct TlsSummary<'a> {
     pub sni: Option<&'a str>,
     pub domain: &'a str,
     pub resumed: bool,
+    /// The client certificate's subject, when one was presented and verified.
+    pub client: Option<&'a str>,
 }
 
 pub fn tls_established(conn: u64, t: &TlsSummary<'_>) {
     let sni = t.sni.unwrap_or("none");
     let resumed = if t.resumed { " resumed" } else { "" };
+    let client = ClientSubject(t.client);
     tracing::info!(
         c = "NETWORK", id = ids::TLS_ESTABLISHED, ctx = %ConnCtx(conn), msg = "TLS established",
         version = t.version, cipher = t.cipher, sni, domain = t.domain, resumed = t.resumed,
-        "{} {} sni={sni} domain={}{resumed}", t.version, t.cipher, t.domain
+        peerSubject = t.client.unwrap_or(""),
+        "{} {} sni={sni} domain={}{resumed}{client}", t.version, t.cipher, t.domain
+    );
+}
+
+/// ` client="CN=alice,O=x"` when a client certificate was verified, else nothing.
+struct ClientSubject<'a>(Option<&'a str>);
+
+impl fmt::Display for ClientSubject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, " client={s:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
+pub fn certificate_expiring(domain: &str, days: i64, not_after: &str) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::CERT_EXPIRING, ctx = "main", msg = "Certificate expiring soon",
+        domain, daysLeft = days, notAfter = not_after,
+        "the certificate of domain {domain} expires on {not_after} ({days} days left): rotate it (replace the files, then moat ctl reload)"
     );
 }
 

@@ -28,6 +28,8 @@ pub struct ClientInfo {
 pub struct TlsInfo {
     pub sni: Option<String>,
     pub domain: String,
+    /// The verified client certificate's subject (RFC 2253), for MONGODB-X509.
+    pub client_subject: Option<String>,
 }
 
 /// Which listener a connection came in on.

@@ -22,50 +22,6 @@ fn admitted(moat: &Moat, pki: &Pki) -> (bool, bool) {
     (plain.ok, tls.ok)
 }
 
-/// A pymongo client doing insert + find in a loop (tests/py/steady.py).
-struct Steady {
-    proc: Proc,
-    stop: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Steady {
-    fn start(uri: &str) -> Steady {
-        let dir = tempdir();
-        let stop = dir.path().join("stop");
-        let proc = Proc::spawn(
-            Command::new(python())
-                .arg(repo().join("tests/py/steady.py"))
-                .arg(uri)
-                .arg(&stop),
-        );
-        proc.lines.wait_for("ready", DEADLINE);
-        Steady {
-            proc,
-            stop,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the loop; returns (ops, errors, output).
-    fn finish(mut self) -> (u64, u64, String) {
-        std::fs::write(&self.stop, "").unwrap();
-        self.proc.wait_exit(DEADLINE);
-        let line = self.proc.lines.wait_for("ops=", DEADLINE);
-        let num = |k: &str| -> u64 {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        (
-            num("ops="),
-            num("errors="),
-            self.proc.lines.all().join("\n"),
-        )
-    }
-}
-
 #[test]
 fn full_tls_rollout_cycle_without_restart_and_without_errors() {
     let mongo = Mongo::start();

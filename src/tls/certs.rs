@@ -1,13 +1,19 @@
-//! Loading certificate chains and private keys from PEM files, with errors that name the
-//! file and say what is wrong with it.
+//! Loading and checking certificates and private keys from PEM files. Every error names
+//! the file and says what is wrong with it and how to fix it.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use zeroize::Zeroizing;
+
+use crate::config::DomainConfig;
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -28,34 +34,105 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
-/// The private key in a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let data = read(path)?;
-    match PrivateKeyDer::from_pem_slice(&data) {
-        Ok(k) => Ok(k),
-        Err(pem::Error::NoItemsFound) => {
-            let text = String::from_utf8_lossy(&data);
-            if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
-                Err(format!(
-                    "{} is an encrypted key, which this version of moat cannot decrypt; store it unencrypted (mode 0600)",
-                    path.display()
-                ))
-            } else {
-                Err(format!(
-                    "{} holds no private key (expected a PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY` block)",
-                    path.display()
-                ))
-            }
-        }
-        Err(e) => Err(format!("{}: bad PEM: {e}", path.display())),
+/// A key password. Never printed: its `Debug` is `***`, and it is wiped on drop.
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
-/// Which of a domain's two files a problem is in.
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(Zeroizing::new(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Reads a password file; one trailing newline (`\n` or `\r\n`) is not part of the
+/// password, as with `openssl -passin file:`.
+pub fn read_password(path: &Path) -> Result<Secret, String> {
+    let mut bytes = Zeroizing::new(read(path)?);
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(format!(
+            "{} is empty: it should hold the key's password",
+            path.display()
+        ));
+    }
+    Ok(Secret(bytes))
+}
+
+const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// The private key in a PEM file: PKCS#8, PKCS#1 (RSA), SEC1 (EC), or encrypted PKCS#8
+/// (PBES2) when `password` is given.
+pub fn load_key(path: &Path, password: Option<&Secret>) -> Result<PrivateKeyDer<'static>, String> {
+    let data = Zeroizing::new(read(path)?);
+    let text = String::from_utf8_lossy(&data);
+    let encrypted = text.contains(&format!("BEGIN {ENCRYPTED_LABEL}"));
+    match (encrypted, password) {
+        (true, None) => Err(format!(
+            "{} is an encrypted key: set key_password_file to the file holding its password",
+            path.display()
+        )),
+        (false, Some(_)) => Err(format!(
+            "{} is not encrypted, but key_password_file is set: encrypt the key (moat certs issue --encrypt-key, or openssl pkcs8 -topk8 -v2 aes-256-cbc) or remove key_password_file",
+            path.display()
+        )),
+        (true, Some(pw)) => decrypt(path, &text, pw),
+        (false, None) => match PrivateKeyDer::from_pem_slice(&data) {
+            Ok(k) => Ok(k),
+            Err(pem::Error::NoItemsFound) => Err(format!(
+                "{} holds no private key (expected a PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY` block)",
+                path.display()
+            )),
+            Err(e) => Err(format!("{}: bad PEM: {e}", path.display())),
+        },
+    }
+}
+
+fn decrypt(path: &Path, text: &str, password: &Secret) -> Result<PrivateKeyDer<'static>, String> {
+    use pkcs8::der::Decode;
+    let begin = text
+        .find(&format!("-----BEGIN {ENCRYPTED_LABEL}-----"))
+        .unwrap_or(0);
+    let (label, der) = pkcs8::der::pem::decode_vec(&text.as_bytes()[begin..])
+        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    if label != ENCRYPTED_LABEL {
+        return Err(format!(
+            "{}: expected a `BEGIN {ENCRYPTED_LABEL}` block",
+            path.display()
+        ));
+    }
+    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(&der)
+        .map_err(|e| format!("{}: not an encrypted PKCS#8 key: {e}", path.display()))?;
+    let doc = info.decrypt(password.as_bytes()).map_err(|e| {
+        format!(
+            "cannot decrypt {} with the password in key_password_file ({e}): wrong password?",
+            path.display()
+        )
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        doc.as_bytes().to_vec(),
+    )))
+}
+
+/// Which of a domain's files a problem is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
     Cert,
     Key,
+    KeyPasswordFile,
 }
 
 impl Which {
@@ -64,22 +141,28 @@ impl Which {
         match self {
             Which::Cert => "cert",
             Which::Key => "key",
+            Which::KeyPasswordFile => "key_password_file",
         }
     }
 }
 
-/// A chain and its key, checked to belong together.
+/// A domain's chain and key, checked to belong together and to be in order.
 pub fn certified_key(
-    cert: &Path,
-    key: &Path,
+    d: &DomainConfig,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, (Which, String)> {
-    let chain = load_chain(cert).map_err(|e| (Which::Cert, e))?;
-    let der = load_key(key).map_err(|e| (Which::Key, e))?;
+    let chain = load_chain(&d.cert).map_err(|e| (Which::Cert, e))?;
+    check_chain_order(&chain, &d.cert).map_err(|e| (Which::Cert, e))?;
+    let password = match &d.key_password_file {
+        Some(p) => Some(read_password(p).map_err(|e| (Which::KeyPasswordFile, e))?),
+        None => None,
+    };
+    let der = load_key(&d.key, password.as_ref()).map_err(|e| (Which::Key, e))?;
+    drop(password);
     let signing = provider.key_provider.load_private_key(der).map_err(|e| {
         (
             Which::Key,
-            format!("{}: unusable private key: {e}", key.display()),
+            format!("{}: unusable private key: {e}", d.key.display()),
         )
     })?;
     let ck = CertifiedKey::new(chain, signing);
@@ -90,14 +173,89 @@ pub fn certified_key(
                 Which::Key,
                 format!(
                     "{} does not belong to the first certificate in {} (is the leaf certificate first?)",
-                    key.display(),
-                    cert.display()
+                    d.key.display(),
+                    d.cert.display()
                 ),
             ))
         }
-        Err(e) => return Err((Which::Cert, format!("{}: {e}", cert.display()))),
+        Err(e) => return Err((Which::Cert, format!("{}: {e}", d.cert.display()))),
     }
     Ok(Arc::new(ck))
+}
+
+fn parse<'a>(der: &'a CertificateDer<'_>, path: &Path) -> Result<X509Certificate<'a>, String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| format!("{}: unparseable certificate: {e}", path.display()))
+}
+
+/// Each certificate must be issued by the one after it: leaf first, root (if any) last.
+fn check_chain_order(chain: &[CertificateDer<'_>], path: &Path) -> Result<(), String> {
+    for (i, pair) in chain.windows(2).enumerate() {
+        let (child, parent) = (parse(&pair[0], path)?, parse(&pair[1], path)?);
+        if child.issuer() != parent.subject() {
+            return Err(format!(
+                "{}: certificate #{} ({}) is not issued by the one after it ({}): put the leaf first, then each issuer in turn",
+                path.display(),
+                i + 1,
+                child.subject(),
+                parent.subject()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What moat checks about a leaf certificate.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// DNS names (`*.` wildcards kept) and IP addresses from the SAN extension.
+    pub names: Vec<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+}
+
+/// Reads a leaf certificate's names, validity and serial.
+pub fn leaf(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, String> {
+    let c = parse(der, path)?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Leaf {
+        names,
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+        serial: c.raw_serial_as_string().replace(':', ""),
+    })
+}
+
+/// Whether a certificate name (`*.a.b` or `x.a.b`) covers a configured hostname (which may
+/// itself be a `*.` wildcard: then only the same wildcard covers it).
+pub fn covers(cert_name: &str, hostname: &str) -> bool {
+    if cert_name.eq_ignore_ascii_case(hostname) {
+        return true;
+    }
+    match (cert_name.strip_prefix("*."), hostname.split_once('.')) {
+        (Some(parent), Some((label, rest))) => {
+            label != "*" && !label.is_empty() && rest.eq_ignore_ascii_case(parent)
+        }
+        _ => false,
+    }
 }
 
 /// A certificate's notAfter as Unix seconds.
@@ -105,4 +263,95 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     x509_parser::parse_x509_certificate(cert)
         .ok()
         .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// The subject of a certificate as mongod writes X.509 user names (RFC 2253: most
+/// specific first, `CN=alice,OU=apps,O=Example`).
+pub fn subject_rfc2253(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut parts = Vec::new();
+    for rdn in c.subject().iter_rdn().collect::<Vec<_>>().into_iter().rev() {
+        let attrs: Vec<String> = rdn
+            .iter()
+            .map(|a| {
+                let name = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
+                    .map(str::to_string)
+                    .unwrap_or_else(|_| a.attr_type().to_id_string());
+                let value = a
+                    .as_str()
+                    .map(escape_dn)
+                    .unwrap_or_else(|_| "#".to_string());
+                format!("{name}={value}")
+            })
+            .collect();
+        parts.push(attrs.join("+"));
+    }
+    Some(parts.join(","))
+}
+
+fn escape_dn(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, ch) in v.chars().enumerate() {
+        let special = matches!(ch, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (ch == '#' || ch == ' '))
+            || (i + 1 == v.chars().count() && ch == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_covers_one_label_only() {
+        assert!(covers("*.d123.example.net", "db1.d123.example.net"));
+        assert!(covers("*.d123.example.net", "*.d123.example.net"));
+        assert!(!covers("*.d123.example.net", "a.b.d123.example.net"));
+        assert!(!covers("*.d123.example.net", "d123.example.net"));
+        assert!(covers("DB1.example.net", "db1.example.net"));
+        assert!(!covers("db1.example.net", "*.example.net"));
+    }
+
+    #[test]
+    fn password_file_loses_one_trailing_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        assert_eq!(read_password(&p).unwrap().as_bytes(), b"s3cret");
+        std::fs::write(&p, "s3cret\r\n").unwrap();
+        assert_eq!(read_password(&p).unwrap().as_bytes(), b"s3cret");
+        std::fs::write(&p, "s3cret\n\n").unwrap();
+        assert_eq!(read_password(&p).unwrap().as_bytes(), b"s3cret\n");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_password(&p).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "***");
+    }
+
+    #[test]
+    fn subject_is_written_most_specific_first() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CountryName, "US");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_rfc2253(cert.der()).unwrap(),
+            "CN=alice,O=Example\\, Inc,C=US"
+        );
+    }
 }

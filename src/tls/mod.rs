@@ -9,12 +9,14 @@ pub mod sni;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{
     ProducesTickets, ServerConnection, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
 };
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{MinVersion, TlsConfig};
+use crate::config::{ClientCertificates, MinVersion, TlsConfig};
 use crate::error::Invalid;
 use sni::{Domain, SniResolver};
 
@@ -47,11 +49,27 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct TlsState {
     pub server: Arc<ServerConfig>,
     pub resolver: Arc<SniResolver>,
+    pub client_certificates: ClientCertificates,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `2027-12-27` for a Unix timestamp.
+pub fn date(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| ts.to_string())
 }
 
 impl TlsState {
-    /// Loads every domain's files and builds the server configuration. `Ok(None)` when no
-    /// domain is configured (mode disabled). All problems are reported, by config key.
+    /// Loads every domain's files and the client CA and builds the server configuration.
+    /// `Ok(None)` when no domain is configured (mode disabled). All problems are reported,
+    /// by config key.
     pub fn build(
         cfg: &TlsConfig,
         resumption: &Resumption,
@@ -62,20 +80,68 @@ impl TlsState {
         let provider = provider();
         let mut bad = Vec::new();
         let mut domains = Vec::new();
+        let now = unix_now();
         for (i, d) in cfg.domains.iter().enumerate() {
-            match certs::certified_key(&d.cert, &d.key, &provider) {
-                Ok(key) => domains.push(Domain {
-                    name: d.name.clone(),
-                    not_after: key.end_entity_cert().ok().and_then(|c| certs::not_after(c)),
-                    key,
-                    hostnames: d.hostnames.clone(),
-                }),
-                Err((which, msg)) => bad.push(Invalid::new(
-                    format!("tls.domains[{i}].{}", which.key()),
-                    msg,
-                )),
+            let key = match certs::certified_key(d, &provider) {
+                Ok(k) => k,
+                Err((which, msg)) => {
+                    bad.push(Invalid::new(
+                        format!("tls.domains[{i}].{}", which.key()),
+                        msg,
+                    ));
+                    continue;
+                }
+            };
+            let leaf = match key.end_entity_cert() {
+                Ok(der) => certs::leaf(der, &d.cert),
+                Err(e) => Err(e.to_string()),
+            };
+            let leaf = match leaf {
+                Ok(l) => l,
+                Err(msg) => {
+                    bad.push(Invalid::new(format!("tls.domains[{i}].cert"), msg));
+                    continue;
+                }
+            };
+            if leaf.not_after < now {
+                bad.push(Invalid::new(
+                    format!("tls.domains[{i}].cert"),
+                    format!("{} expired on {}", d.cert.display(), date(leaf.not_after)),
+                ));
+            } else if leaf.not_before > now {
+                bad.push(Invalid::new(
+                    format!("tls.domains[{i}].cert"),
+                    format!(
+                        "{} is not valid until {}",
+                        d.cert.display(),
+                        date(leaf.not_before)
+                    ),
+                ));
             }
+            // A name the certificate does not carry fails every client that dials it.
+            for (j, h) in d.hostnames.iter().enumerate() {
+                if !leaf.names.iter().any(|n| certs::covers(n, h)) {
+                    bad.push(Invalid::new(
+                        format!("tls.domains[{i}].hostnames[{j}]"),
+                        format!(
+                            "`{h}` is not among the names in {} ({}): clients that dial it would fail verification",
+                            d.cert.display(),
+                            if leaf.names.is_empty() { "none".to_string() } else { leaf.names.join(", ") }
+                        ),
+                    ));
+                }
+            }
+            domains.push(Domain {
+                name: d.name.clone(),
+                key,
+                hostnames: d.hostnames.clone(),
+                not_after: Some(leaf.not_after),
+                serial: leaf.serial,
+            });
         }
+        let verifier = client_verifier(cfg, &provider).map_err(|p| {
+            bad.push(p);
+        });
         let Some(default) = cfg.default_domain_index() else {
             bad.push(Invalid::new(
                 "tls.default_domain",
@@ -83,9 +149,9 @@ impl TlsState {
             ));
             return Err(bad);
         };
-        if !bad.is_empty() {
+        let (true, Ok(verifier)) = (bad.is_empty(), verifier) else {
             return Err(bad);
-        }
+        };
         let resolver = Arc::new(SniResolver::new(domains, default));
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -94,15 +160,62 @@ impl TlsState {
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| vec![Invalid::new("tls.min_version", e.to_string())])?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver.clone());
         server.ticketer = resumption.ticketer.clone();
         server.session_storage = resumption.sessions.clone();
         Ok(Some(TlsState {
             server: Arc::new(server),
             resolver,
+            client_certificates: cfg.client_certificates,
         }))
     }
+
+    /// Domains whose certificate expires within `days`: (name, days left, notAfter).
+    pub fn expiring_within(&self, days: i64) -> Vec<(&str, i64, i64)> {
+        let now = unix_now();
+        self.resolver
+            .domains()
+            .iter()
+            .filter_map(|d| {
+                let na = d.not_after?;
+                let left = (na - now).div_euclid(86_400);
+                (left < days).then_some((d.name.as_str(), left, na))
+            })
+            .collect()
+    }
+}
+
+/// The client-certificate verifier for `[tls] client_certificates`.
+fn client_verifier(
+    cfg: &TlsConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, Invalid> {
+    let ca = match (cfg.client_certificates, &cfg.client_ca) {
+        (ClientCertificates::None, _) => return Ok(WebPkiClientVerifier::no_client_auth()),
+        (_, Some(ca)) => ca,
+        (_, None) => {
+            return Err(Invalid::new(
+                "tls.client_certificates",
+                "needs tls.client_ca: the CA that client certificates must chain to",
+            ))
+        }
+    };
+    let mut roots = RootCertStore::empty();
+    for c in certs::load_chain(ca).map_err(|m| Invalid::new("tls.client_ca", m))? {
+        roots
+            .add(c)
+            .map_err(|e| Invalid::new("tls.client_ca", format!("{}: {e}", ca.display())))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = if cfg.client_certificates == ClientCertificates::Optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| Invalid::new("tls.client_ca", format!("{}: {e}", ca.display())))
 }
 
 /// "TLS 1.3" for logs.

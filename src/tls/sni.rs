@@ -17,6 +17,8 @@ pub struct Domain {
     pub hostnames: Vec<String>,
     /// The leaf certificate's notAfter, Unix seconds.
     pub not_after: Option<i64>,
+    /// The leaf certificate's serial number (hex), to tell a rotation took effect.
+    pub serial: String,
 }
 
 /// The certificate resolver handed to rustls.
@@ -116,6 +118,7 @@ mod tests {
             key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
             hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
             not_after: None,
+            serial: String::new(),
         }
     }
 

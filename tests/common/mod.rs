@@ -96,10 +96,9 @@ impl Lines {
                 p = c.wait_timeout(p, deadline - now).unwrap().0;
                 continue;
             };
-            panic!(
-                "{why} waiting for {n}× {needle:?}; got:\n{}",
-                p.lines.join("\n")
-            );
+            let got = p.lines.join("\n");
+            drop(p); // not poisoned for the reader threads
+            panic!("{why} waiting for {n}× {needle:?}; got:\n{got}");
         }
     }
 
@@ -496,20 +495,45 @@ pub fn closed_port() -> String {
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 pub fn tls_connect(addr: SocketAddr, ca: &Path, sni: &str) -> std::io::Result<TlsStream> {
+    tls_connect_with(addr, &tls_client(ca, None), sni)
+}
+
+/// A rustls client config trusting `ca`, with a client certificate (cert, key PEM files)
+/// when given. Keeps resumption state across connections made with it.
+pub fn tls_client(ca: &Path, client_cert: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    Arc::new(match client_cert {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+                .unwrap()
+        }
+    })
+}
+
+/// Connects with `cfg` and completes the handshake.
+pub fn tls_connect_with(
+    addr: SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> std::io::Result<TlsStream> {
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp(addr));
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock)?;
@@ -527,4 +551,62 @@ pub fn hello_over<S: Read + Write>(s: &mut S, id: i32) -> bson::Document {
     let mut rest = vec![0u8; len - 16];
     s.read_exact(&mut rest).unwrap();
     bson::Document::from_reader(&rest[5..]).unwrap()
+}
+
+/// The serial (hex) of the certificate the server presented.
+pub fn served_serial(s: &TlsStream) -> String {
+    let leaf = &s.conn.peer_certificates().unwrap()[0];
+    moat::tls::certs::leaf(leaf, Path::new("served"))
+        .unwrap()
+        .serial
+}
+
+/// The serial (hex) of the first certificate in a PEM file.
+pub fn file_serial(pem: &Path) -> String {
+    let chain = moat::tls::certs::load_chain(pem).unwrap();
+    moat::tls::certs::leaf(&chain[0], pem).unwrap().serial
+}
+
+/// A pymongo client doing insert + find in a loop (tests/py/steady.py).
+pub struct Steady {
+    proc: Proc,
+    stop: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Steady {
+    pub fn start(uri: &str) -> Steady {
+        let dir = tempdir();
+        let stop = dir.path().join("stop");
+        let proc = Proc::spawn(
+            Command::new(python())
+                .arg(repo().join("tests/py/steady.py"))
+                .arg(uri)
+                .arg(&stop),
+        );
+        proc.lines.wait_for("ready", DEADLINE);
+        Steady {
+            proc,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the loop; returns (ops, errors, output).
+    pub fn finish(mut self) -> (u64, u64, String) {
+        std::fs::write(&self.stop, "").unwrap();
+        self.proc.wait_exit(DEADLINE);
+        let line = self.proc.lines.wait_for("ops=", DEADLINE);
+        let num = |k: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (
+            num("ops="),
+            num("errors="),
+            self.proc.lines.all().join("\n"),
+        )
+    }
 }
