@@ -69,6 +69,9 @@ name = "default"
 hostnames = ["localhost"]
 cert = "default.pem"
 key = "default-key.pem"
+[[firewall.rules]]
+cidr = "127.0.0.0/8"
+description = "loopback"
 [admin]
 socket = "admin.sock"
 [log]

@@ -19,6 +19,8 @@ use crate::ctl;
 use crate::egress::{self, Egress, Target};
 use crate::error::{ConfigErrors, Invalid};
 use crate::events;
+use crate::firewall::DefaultPolicy;
+use crate::rules::FirewallPlane;
 use crate::server;
 use crate::shutdown;
 use crate::state::{Settings, Shared};
@@ -89,31 +91,47 @@ fn check(path: &Path) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    match load(path, &resumption) {
-        Ok(l) => {
-            let domains: Vec<&str> = l
-                .config
-                .tls
-                .domains
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect();
-            println!(
-                "{}: OK: listen {}, upstream {}, mode {}, domains [{}], egress {}",
-                path.display(),
-                l.config.listen.address,
-                l.upstream,
-                l.config.tls.mode,
-                domains.join(", "),
-                l.config.egress.len()
-            );
-            ExitCode::SUCCESS
+    let loaded = load(path, &resumption).and_then(|l| {
+        // An inventory that cannot be read is only logged at runtime (the last good one
+        // stays); here it is an error.
+        let (plane, err) = FirewallPlane::new(&l.config.firewall, l.config.rules());
+        match err {
+            Some(e) => Err(l
+                .source
+                .place(vec![Invalid::new("firewall.security_groups.inventory", e)])),
+            None => Ok((l, plane)),
         }
+    });
+    let (l, plane) = match loaded {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let fw = plane.compile();
+    let (cidr, groups, addresses) = fw.counts();
+    let domains: Vec<&str> = l
+        .config
+        .tls
+        .domains
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    println!(
+        "{}: OK: listen {}, upstream {}, mode {}, domains [{}], egress {}, firewall default {} with {cidr} CIDR and {groups} security-group rules ({addresses} addresses)",
+        path.display(),
+        l.config.listen.address,
+        l.upstream,
+        l.config.tls.mode,
+        domains.join(", "),
+        l.config.egress.len(),
+        crate::control::policy_name(fw.default_policy()),
+    );
+    if fw.default_policy() == DefaultPolicy::Deny && cidr + groups == 0 {
+        println!("warning: default deny and no firewall rules: every connection would be refused");
     }
+    ExitCode::SUCCESS
 }
 
 fn run(path: &Path) -> ExitCode {
@@ -211,7 +229,27 @@ async fn serve(
     let settings = Settings::from_config(&loaded.config, loaded.upstream);
     let mode = loaded.config.tls.mode;
     events::listening(local, mode, &settings.upstream.to_string());
-    let shared = Shared::new(settings, mode, loaded.tls);
+    let (plane, inventory_error) =
+        FirewallPlane::new(&loaded.config.firewall, loaded.config.rules());
+    let firewall = plane.compile();
+    if let Some(p) = &plane.inventory_path {
+        match &inventory_error {
+            Some(e) => events::inventory_failed(&p.display().to_string(), e, 0),
+            None => events::inventory_loaded(
+                &p.display().to_string(),
+                plane.inventory.interfaces,
+                firewall.counts().2,
+            ),
+        }
+    }
+    let (cidr, groups, addresses) = firewall.counts();
+    events::firewall_summary(
+        crate::control::policy_name(firewall.default_policy()),
+        cidr,
+        groups,
+        addresses,
+    );
+    let shared = Shared::new(settings, mode, loaded.tls, firewall);
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(async move {
         if let Err(e) = shutdown::watch_signals(trigger).await {
@@ -227,6 +265,7 @@ async fn serve(
         Some(log),
         egress_listeners.iter().map(|(_, e)| e.clone()).collect(),
         boot,
+        plane,
     ));
     for (l, eg) in egress_listeners {
         events::egress_listening(l.local_addr().unwrap_or(eg.listen), &eg.target.load().peer);
@@ -236,8 +275,10 @@ async fn serve(
     if let Some(l) = admin_listener {
         tokio::spawn(admin::serve(l, control.clone(), shutdown.clone()));
     }
-    tokio::spawn(reload_on_sighup(control));
+    tokio::spawn(reload_on_sighup(control.clone()));
     tokio::spawn(watch_expiry(shared.clone()));
+    tokio::spawn(watch_inventory(control));
+    tokio::spawn(summarise_refusals(shared.clone()));
     server::run(listener, shared, shutdown, tracker).await;
     ExitCode::SUCCESS
 }
@@ -250,6 +291,26 @@ async fn reload_on_sighup(control: Arc<Control>) {
     while hup.recv().await.is_some() {
         if let Err(e) = control.reload().await {
             events::reload_failed(&e.replace('\n', "; "));
+        }
+    }
+}
+
+/// Re-reads the security-group inventory when its file changes.
+async fn watch_inventory(control: Arc<Control>) {
+    loop {
+        let wait = control.refresh_inventory().await;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Once a second, says how many refusal lines the rate limit held back.
+async fn summarise_refusals(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let n = shared.refusal_log.take_suppressed();
+        if n > 0 {
+            events::refusals_suppressed(n, crate::state::REFUSALS_LOGGED_PER_SECOND);
         }
     }
 }

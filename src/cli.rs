@@ -58,8 +58,56 @@ pub enum CtlCommand {
         #[arg(long)]
         plaintext: bool,
     },
-    /// Re-read the config file, certificates and keys (same as SIGHUP).
+    /// Re-read the config file, certificates, keys and inventory (same as SIGHUP).
     Reload,
+    /// List, add, remove, copy or export firewall rules.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesAction {
+    /// Every rule: id, kind, value, account, description.
+    List,
+    /// Allow a CIDR, or an EC2 security group of an AWS account.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["cidr", "security_group"])))]
+    Add {
+        /// e.g. 203.0.113.0/24 or 2001:db8::/32
+        #[arg(long)]
+        cidr: Option<String>,
+        /// e.g. sg-0a1b2c3d4e5f67890 (needs --account)
+        #[arg(long, requires = "account")]
+        security_group: Option<String>,
+        /// The 12-digit AWS account id that owns the security group.
+        #[arg(long)]
+        account: Option<String>,
+        /// Whose access this is ("office VPN").
+        #[arg(long)]
+        description: String,
+        /// Change the running rules only; do not write them into the config file.
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Remove a rule by its id (from `rules list`).
+    Remove {
+        id: String,
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Copy the rules of another deployment (its moat config, or a `rules export` file).
+    Copy {
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace every rule instead of adding the missing ones.
+        #[arg(long)]
+        replace: bool,
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Print the rules as [[firewall.rules]] TOML.
+    Export,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{ConfigError, ConfigErrors, Invalid};
+use crate::firewall::{self, parse_cidr, DefaultPolicy, Rule};
 use crate::policy::Mode;
+pub use crate::proxy_header::ProxyProtocol;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +26,8 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub egress: Vec<EgressConfig>,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -58,6 +62,74 @@ impl EgressConfig {
     }
 }
 
+/// `[firewall]`: who may connect. Without the section, nobody may: the default is deny.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    #[serde(default)]
+    pub default: DefaultPolicy,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    pub security_groups: Option<SecurityGroupsConfig>,
+}
+
+/// `[[firewall.rules]]`: a `cidr`, or a `security_group` with its `account`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub cidr: Option<String>,
+    pub security_group: Option<String>,
+    pub account: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl RuleConfig {
+    pub fn to_rule(&self) -> Result<Rule, String> {
+        Rule::parse(
+            self.cidr.as_deref(),
+            self.security_group.as_deref(),
+            self.account.as_deref(),
+            &self.description,
+        )
+    }
+}
+
+/// `[firewall.security_groups]`: where the EC2 inventory is and how often to look at it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupsConfig {
+    /// `aws ec2 describe-network-interfaces` output.
+    pub inventory: PathBuf,
+    /// How often the file is checked for changes.
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Config {
+    /// The firewall rules, parsed (validated already by [`load`]).
+    pub fn rules(&self) -> Vec<Rule> {
+        self.firewall
+            .rules
+            .iter()
+            .filter_map(|r| r.to_rule().ok())
+            .collect()
+    }
+
+    /// `proxy_protocol_from`, parsed (validated already by [`load`]).
+    pub fn proxy_from(&self) -> Vec<ipnet::IpNet> {
+        self.listen
+            .proxy_protocol_from
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect()
+    }
+}
+
 /// `[admin]`: the control socket `moat ctl` talks to.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +153,12 @@ pub struct ListenConfig {
     /// How long SIGTERM waits for open connections before exiting.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Read a PROXY header (off | v1 | v2 | any) from senders in `proxy_protocol_from`.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// CIDRs of the load balancers trusted to send PROXY headers.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -382,6 +460,7 @@ impl Config {
         }
         self.validate_tls(base, &mut bad);
         self.validate_egress(base, &mut bad);
+        self.validate_firewall(base, &mut bad);
         if let Some(sock) = &mut self.admin.socket {
             *sock = base.join(&*sock);
             // sun_path holds 108 bytes including the terminating NUL.
@@ -485,6 +564,49 @@ impl Config {
                     tls.mode
                 ),
             ));
+        }
+    }
+
+    fn validate_firewall(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
+        for (i, c) in self.listen.proxy_protocol_from.iter().enumerate() {
+            if let Err(m) = parse_cidr(c) {
+                bad.push(Invalid::new(format!("listen.proxy_protocol_from[{i}]"), m));
+            }
+        }
+        if self.listen.proxy_protocol != ProxyProtocol::Off
+            && self.listen.proxy_protocol_from.is_empty()
+        {
+            bad.push(Invalid::new(
+                "listen.proxy_protocol_from",
+                "list the load balancers (CIDRs) trusted to send PROXY headers; from anyone else a header is refused",
+            ));
+        }
+        let fw = &mut self.firewall;
+        let mut seen: Vec<(Rule, usize)> = Vec::new();
+        for (i, r) in fw.rules.iter().enumerate() {
+            match r.to_rule() {
+                Err(m) => bad.push(Invalid::new(format!("firewall.rules[{i}]"), m)),
+                Ok(rule) => {
+                    if let Some((_, j)) = seen.iter().find(|(s, _)| s.source == rule.source) {
+                        bad.push(Invalid::new(
+                            format!("firewall.rules[{i}]"),
+                            format!("{} is already allowed by firewall.rules[{j}]", rule.source),
+                        ));
+                    }
+                    seen.push((rule, i));
+                }
+            }
+        }
+        let has_groups = seen
+            .iter()
+            .any(|(r, _)| matches!(r.source, firewall::Source::SecurityGroup { .. }));
+        match &mut fw.security_groups {
+            Some(sg) => sg.inventory = base.join(&sg.inventory),
+            None if has_groups => bad.push(Invalid::new(
+                "firewall",
+                "security_group rules need [firewall.security_groups] inventory = \"...\" (the output of `aws ec2 describe-network-interfaces`)",
+            )),
+            None => {}
         }
     }
 

@@ -13,9 +13,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientCertificates;
 use crate::events::{self, TlsSummary};
+use crate::firewall::{self, Verdict};
 use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::proxy;
+use crate::proxy_header;
 use crate::registry::{Conn, Kind, TlsInfo};
 use crate::state::{Settings, Shared};
 use crate::tls;
@@ -45,6 +47,7 @@ enum ConnError {
     NoCertificates,
     Tls(io::Error),
     Upstream(io::Error),
+    UntrustedProxyHeader,
     Io(io::Error),
 }
 
@@ -64,8 +67,39 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-/// Serves one accepted TCP connection to its end.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// A socket address with an IPv4-mapped IPv6 address written as IPv4.
+pub fn normalize_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(firewall::normalize(a.ip()), a.port())
+}
+
+/// Serves one accepted TCP connection to its end. From a `trusted` load balancer, the
+/// PROXY header is read first and the firewall judges the client it names.
+pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared: Arc<Shared>) {
+    let settings = shared.settings_full();
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let peer = normalize_addr(peer);
+    let (peer, first) = if trusted {
+        match proxy_header::read(&mut tcp, settings.proxy_protocol, deadline).await {
+            Ok((source, rest)) => {
+                let client = source.map_or(peer, normalize_addr);
+                if shared.firewall().check(client.ip()) == Verdict::Deny {
+                    if shared.refusal_log.allow() {
+                        events::refused_firewall(client);
+                    }
+                    return;
+                }
+                (client, rest)
+            }
+            Err(why) => {
+                if shared.refusal_log.allow() {
+                    events::refused_proxy_header(peer, &why);
+                }
+                return;
+            }
+        }
+    } else {
+        (peer, Vec::new())
+    };
     let (id, open) = shared.open_connection();
     let conn = shared.registry.insert(id, peer, Kind::Client);
     let _guard = OpenGuard {
@@ -74,8 +108,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         id,
     };
     events::accepted(peer, id, open);
-    let settings = shared.settings_full();
-    if let Err(e) = serve(tcp, &conn, &shared, &settings).await {
+    if let Err(e) = serve(tcp, first, deadline, &conn, &shared, &settings).await {
         log(e, id, peer, &settings);
     }
 }
@@ -97,12 +130,18 @@ fn log(e: ConnError, id: u64, peer: SocketAddr, settings: &Settings) {
         ConnError::Upstream(e) => {
             events::upstream_unavailable(id, &settings.upstream.to_string(), &e)
         }
+        ConnError::UntrustedProxyHeader => events::refused_proxy_header(
+            peer,
+            "PROXY protocol header from a source not in listen.proxy_protocol_from",
+        ),
         ConnError::Io(e) => events::connection_error(id, peer, &e),
     }
 }
 
 async fn serve(
     mut tcp: TcpStream,
+    first: Vec<u8>,
+    deadline: Instant,
     conn: &Conn,
     shared: &Shared,
     settings: &Settings,
@@ -110,8 +149,7 @@ async fn serve(
     let id = conn.id;
     // Nagle would delay every small MongoDB reply by up to 40 ms against delayed ACKs.
     tcp.set_nodelay(true).map_err(ConnError::Io)?;
-    let deadline = Instant::now() + settings.handshake_timeout;
-    let (first, transport) = match timeout_at(deadline, sniff(&mut tcp)).await {
+    let (first, transport) = match timeout_at(deadline, sniff(&mut tcp, first)).await {
         Err(_) => return Err(ConnError::HandshakeTimeout),
         Ok(Err(e)) => return Err(ConnError::Io(e)),
         // Closed before saying anything: a port check, not an error.
@@ -119,6 +157,9 @@ async fn serve(
         Ok(Ok(Some(sniffed))) => sniffed,
     };
     conn.set_transport(transport);
+    if proxy_header::looks_like_header(&first) {
+        return Err(ConnError::UntrustedProxyHeader);
+    }
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
             let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
@@ -169,15 +210,16 @@ async fn serve(
     }
 }
 
-/// Reads until the first bytes tell TLS from plaintext. `None` if the client closed first.
-async fn sniff(tcp: &mut TcpStream) -> io::Result<Option<(Vec<u8>, Transport)>> {
-    let mut buf = Vec::with_capacity(SNIFF_BUF);
+/// Reads until the first bytes (after `buf`, already read) tell TLS from plaintext.
+/// `None` if the client closed first.
+async fn sniff(tcp: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Option<(Vec<u8>, Transport)>> {
+    buf.reserve(SNIFF_BUF);
     loop {
-        if tcp.read_buf(&mut buf).await? == 0 {
-            return Ok(None);
-        }
         if let Some(t) = policy::classify(&buf) {
             return Ok(Some((buf, t)));
+        }
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
         }
     }
 }

@@ -14,9 +14,11 @@ use tokio::sync::Mutex;
 use crate::app;
 use crate::egress::{Egress, Target};
 use crate::events;
+use crate::firewall::Rule;
 use crate::persist::{self, PersistError};
 use crate::policy::{Mode, Transport};
 use crate::registry::{Conn, Kind};
+use crate::rules::{self, FirewallPlane, InventoryChange};
 use crate::state::{Settings, Shared};
 use crate::telemetry::LogHandle;
 use crate::tls::Resumption;
@@ -94,7 +96,8 @@ pub struct Control {
     log: Option<LogHandle>,
     egress: Vec<Arc<Egress>>,
     boot: RestartKeys,
-    edits: Mutex<()>,
+    /// Serialises every change; holds the firewall's rules and inventory.
+    plane: Mutex<FirewallPlane>,
 }
 
 impl Control {
@@ -105,6 +108,7 @@ impl Control {
         log: Option<LogHandle>,
         egress: Vec<Arc<Egress>>,
         boot: RestartKeys,
+        plane: FirewallPlane,
     ) -> Control {
         Control {
             shared,
@@ -113,7 +117,7 @@ impl Control {
             log,
             egress,
             boot,
-            edits: Mutex::new(()),
+            plane: Mutex::new(plane),
         }
     }
 
@@ -124,7 +128,7 @@ impl Control {
         force: bool,
         persist: bool,
     ) -> Result<Value, ModeError> {
-        let _one_at_a_time = self.edits.lock().await;
+        let _one_at_a_time = self.plane.lock().await;
         let previous = self.shared.mode();
         if mode.accepts_tls() && self.shared.tls().is_none() {
             return Err(ModeError::NoCertificates(mode));
@@ -175,7 +179,7 @@ impl Control {
 
     /// Re-reads the config file and everything it names; applies it all or nothing.
     pub async fn reload(&self) -> Result<Value, String> {
-        let _one_at_a_time = self.edits.lock().await;
+        let mut plane = self.plane.lock().await;
         let path = self.config_path.clone();
         let resumption = self.resumption.clone();
         let loaded = tokio::task::spawn_blocking(move || app::load(&path, &resumption))
@@ -214,6 +218,13 @@ impl Control {
             events::mode_changed(previous, mode, "reload");
         }
         applied.push(format!("mode {mode}"));
+        let rules = loaded.config.rules();
+        if let InventoryChange::Failed(e) = plane.reconfigure(&loaded.config.firewall, rules) {
+            events::inventory_failed(&inventory_name(&plane), &e, plane.inventory.interfaces);
+        }
+        self.shared
+            .set_firewall(tokio::task::block_in_place(|| plane.compile()));
+        applied.push(format!("{} firewall rules", plane.rules.len()));
         applied.push(format!("log level {}", loaded.config.log.level));
         let restart = self
             .boot
@@ -253,6 +264,8 @@ impl Control {
             .elapsed()
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let fw = self.shared.firewall();
+        let (cidr, groups, addresses) = fw.counts();
         json!({
             "ok": true,
             "version": env!("CARGO_PKG_VERSION"),
@@ -267,6 +280,12 @@ impl Control {
                 "egress": count(Kind::Egress, None),
             },
             "domains": domains,
+            "firewall": {
+                "default": policy_name(fw.default_policy()),
+                "cidr_rules": cidr,
+                "security_group_rules": groups,
+                "security_group_addresses": addresses,
+            },
             "egress": self.egress.iter().map(|e| json!({
                 "listen": e.listen.to_string(),
                 "peer": e.target.load().peer.clone(),
@@ -285,6 +304,163 @@ impl Control {
             .map(|c| conn_json(c))
             .collect();
         json!({"ok": true, "connections": list})
+    }
+}
+
+impl Control {
+    /// `rules.list`.
+    pub fn rules_list(&self) -> Value {
+        let fw = self.shared.firewall();
+        let rules: Vec<_> = fw.rules().iter().map(Rule::view).collect();
+        json!({"ok": true, "default": policy_name(fw.default_policy()), "rules": rules})
+    }
+
+    /// `rules.export`: the rules as `[[firewall.rules]]` TOML.
+    pub fn rules_export(&self) -> Value {
+        json!({"ok": true, "toml": rules::export(self.shared.firewall().rules())})
+    }
+
+    /// `rules.add`.
+    pub async fn rules_add(&self, rule: Rule, persist: bool) -> Result<Value, String> {
+        let view = rule.view();
+        let saved = rule.clone();
+        self.edit_rules(
+            move |plane| plane.add(rule),
+            persist.then_some(move |doc: &mut toml_edit::DocumentMut, _: &[Rule]| {
+                rules::add_in(doc, &saved)
+            }),
+            &format!("added {} {} ({})", view.id, view.value, view.description),
+        )
+        .await?;
+        Ok(json!({"ok": true, "rule": view, "persisted": persist}))
+    }
+
+    /// `rules.remove`.
+    pub async fn rules_remove(&self, id: String, persist: bool) -> Result<Value, String> {
+        let rule = self
+            .shared
+            .firewall()
+            .rules()
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| format!("no rule has id `{id}` (see moat ctl rules list)"))?;
+        let view = rule.view();
+        self.edit_rules(
+            move |plane| plane.remove(&id).map(|_| ()),
+            persist.then_some(move |doc: &mut toml_edit::DocumentMut, _: &[Rule]| {
+                rules::remove_in(doc, &rule)
+            }),
+            &format!("removed {} {} ({})", view.id, view.value, view.description),
+        )
+        .await?;
+        Ok(json!({"ok": true, "removed": view, "persisted": persist}))
+    }
+
+    /// `rules.copy`: merges (or with `replace`, substitutes) another deployment's rules.
+    pub async fn rules_copy(
+        &self,
+        from: PathBuf,
+        replace: bool,
+        persist: bool,
+    ) -> Result<Value, String> {
+        let incoming = tokio::task::spawn_blocking(move || rules::read_rules_file(&from))
+            .await
+            .map_err(|e| e.to_string())??;
+        let counts = Arc::new(std::sync::Mutex::new((0, 0, 0)));
+        let c = counts.clone();
+        let edit = move |plane: &mut FirewallPlane| {
+            let r = plane.merge(incoming, replace)?;
+            if let Ok(mut c) = c.lock() {
+                *c = r;
+            }
+            Ok(())
+        };
+        // The file's rules are rewritten from the merged list, so it matches what runs.
+        let write = persist.then_some(rules::replace_in);
+        let what = if replace {
+            "rules replaced by a copy"
+        } else {
+            "rules merged from a copy"
+        };
+        self.edit_rules(edit, write, what).await?;
+        let (added, skipped, removed) = counts.lock().map(|c| *c).unwrap_or_default();
+        Ok(
+            json!({"ok": true, "added": added, "skipped": skipped, "removed": removed, "persisted": persist}),
+        )
+    }
+
+    /// Applies `edit` to the plane, writes the change into the config file with `write`
+    /// (given the resulting rules; only when persisting), then compiles and swaps in the
+    /// new firewall. If writing fails, nothing changes.
+    async fn edit_rules<E, W>(&self, edit: E, write: Option<W>, what: &str) -> Result<(), String>
+    where
+        E: FnOnce(&mut FirewallPlane) -> Result<(), String>,
+        W: FnOnce(&mut toml_edit::DocumentMut, &[Rule]) -> Result<(), String> + Send + 'static,
+    {
+        let mut plane = self.plane.lock().await;
+        let before = plane.rules.clone();
+        edit(&mut plane)?;
+        if let Some(write) = write {
+            let rules = plane.rules.clone();
+            if let Err(e) = self.persist(move |doc| write(doc, &rules)).await {
+                plane.rules = before;
+                return Err(e);
+            }
+        }
+        self.shared
+            .set_firewall(tokio::task::block_in_place(|| plane.compile()));
+        events::rules_changed(what, plane.rules.len());
+        Ok(())
+    }
+
+    async fn persist<W>(&self, write: W) -> Result<(), String>
+    where
+        W: FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String> + Send + 'static,
+    {
+        let path = self.config_path.clone();
+        tokio::task::spawn_blocking(move || persist::edit(&path, write))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("not changed: {e}"))
+    }
+
+    /// Re-reads the security-group inventory if its file changed; returns how long to wait
+    /// before the next look.
+    pub async fn refresh_inventory(&self) -> std::time::Duration {
+        let mut plane = self.plane.lock().await;
+        match plane.check_inventory() {
+            InventoryChange::Loaded => {
+                let fw = tokio::task::block_in_place(|| plane.compile());
+                let (_, _, addresses) = fw.counts();
+                self.shared.set_firewall(fw);
+                events::inventory_loaded(
+                    &inventory_name(&plane),
+                    plane.inventory.interfaces,
+                    addresses,
+                );
+            }
+            InventoryChange::Failed(e) => {
+                events::inventory_failed(&inventory_name(&plane), &e, plane.inventory.interfaces)
+            }
+            InventoryChange::Unchanged | InventoryChange::StillFailing => {}
+        }
+        plane.refresh
+    }
+}
+
+fn inventory_name(plane: &FirewallPlane) -> String {
+    plane
+        .inventory_path
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+}
+
+/// `deny` / `allow`.
+pub fn policy_name(p: crate::firewall::DefaultPolicy) -> &'static str {
+    match p {
+        crate::firewall::DefaultPolicy::Deny => "deny",
+        crate::firewall::DefaultPolicy::Allow => "allow",
     }
 }
 

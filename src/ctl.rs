@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{CtlArgs, CtlCommand, ModeAction};
+use crate::cli::{CtlArgs, CtlCommand, ModeAction, RulesAction};
 
 /// How long to wait for a reply (a reload re-reads every certificate).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,6 +104,32 @@ fn request(cmd: &CtlCommand) -> Value {
             json!({"cmd": "connections", "plaintext": plaintext})
         }
         CtlCommand::Reload => json!({"cmd": "reload"}),
+        CtlCommand::Rules { action } => match action {
+            RulesAction::List => json!({"cmd": "rules.list"}),
+            RulesAction::Export => json!({"cmd": "rules.export"}),
+            RulesAction::Add {
+                cidr,
+                security_group,
+                account,
+                description,
+                no_persist,
+            } => json!({
+                "cmd": "rules.add", "cidr": cidr, "security_group": security_group,
+                "account": account, "description": description, "persist": !no_persist,
+            }),
+            RulesAction::Remove { id, no_persist } => {
+                json!({"cmd": "rules.remove", "id": id, "persist": !no_persist})
+            }
+            RulesAction::Copy {
+                from,
+                replace,
+                no_persist,
+            } => {
+                // moat resolves relative paths from its own config directory; send ours.
+                let from = std::path::absolute(from).unwrap_or_else(|_| from.clone());
+                json!({"cmd": "rules.copy", "from": from, "replace": replace, "persist": !no_persist})
+            }
+        },
     }
 }
 
@@ -151,6 +177,7 @@ fn render(cmd: &CtlCommand, r: &Value) -> String {
         CtlCommand::Connections { .. } => {
             connections_table(r["connections"].as_array().map_or(&[][..], |v| v))
         }
+        CtlCommand::Rules { action } => render_rules(action, r),
         CtlCommand::Reload => {
             let list = |k: &str| -> String {
                 r[k].as_array()
@@ -169,6 +196,66 @@ fn render(cmd: &CtlCommand, r: &Value) -> String {
             }
             out
         }
+    }
+}
+
+fn render_rules(action: &RulesAction, r: &Value) -> String {
+    let persisted = |r: &Value| {
+        if r["persisted"].as_bool() == Some(true) {
+            "saved to the config file"
+        } else {
+            "not saved"
+        }
+    };
+    let one = |v: &Value| {
+        let account = v["account"]
+            .as_str()
+            .map(|a| format!(" (account {a})"))
+            .unwrap_or_default();
+        format!(
+            "{} {} {}{account}: {}",
+            s(v, "id"),
+            s(v, "kind"),
+            s(v, "value"),
+            s(v, "description")
+        )
+    };
+    match action {
+        RulesAction::List => {
+            let rows: Vec<Vec<String>> = r["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    vec![
+                        s(v, "id").to_string(),
+                        s(v, "kind").to_string(),
+                        s(v, "value").to_string(),
+                        s(v, "account").to_string(),
+                        s(v, "description").to_string(),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}{} rule(s); sources no rule matches: {}\n",
+                table(&["ID", "KIND", "VALUE", "ACCOUNT", "DESCRIPTION"], &rows),
+                rows.len(),
+                s(r, "default")
+            )
+        }
+        RulesAction::Export => s(r, "toml").to_string(),
+        RulesAction::Add { .. } => format!("added {} ({})\n", one(&r["rule"]), persisted(r)),
+        RulesAction::Remove { .. } => {
+            format!("removed {} ({})\n", one(&r["removed"]), persisted(r))
+        }
+        RulesAction::Copy { from, .. } => format!(
+            "copied from {}: {} added, {} skipped (already allowed), {} removed ({})\n",
+            from.display(),
+            r["added"].as_u64().unwrap_or(0),
+            r["skipped"].as_u64().unwrap_or(0),
+            r["removed"].as_u64().unwrap_or(0),
+            persisted(r)
+        ),
     }
 }
 
@@ -192,6 +279,17 @@ fn render_status(r: &Value) -> String {
             ),
         ),
     ];
+    let fw = &r["firewall"];
+    rows.push((
+        "firewall",
+        format!(
+            "default {}; {} CIDR rules, {} security-group rules ({} addresses)",
+            s(fw, "default"),
+            fw["cidr_rules"].as_u64().unwrap_or(0),
+            fw["security_group_rules"].as_u64().unwrap_or(0),
+            fw["security_group_addresses"].as_u64().unwrap_or(0)
+        ),
+    ));
     for e in r["egress"].as_array().into_iter().flatten() {
         rows.push(("egress", format!("{} → {}", s(e, "listen"), s(e, "peer"))));
     }

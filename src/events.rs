@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::policy::{Mode, Transport};
@@ -38,6 +39,13 @@ pub mod ids {
     pub const ADMIN: u64 = 9_800_021;
     pub const EGRESS_LISTENING: u64 = 9_800_022;
     pub const CERT_EXPIRING: u64 = 9_800_023;
+    pub const REFUSED_FIREWALL: u64 = 9_800_024;
+    pub const REFUSED_PROXY_HEADER: u64 = 9_800_025;
+    pub const REFUSALS_SUPPRESSED: u64 = 9_800_026;
+    pub const RULES_CHANGED: u64 = 9_800_027;
+    pub const INVENTORY_LOADED: u64 = 9_800_028;
+    pub const INVENTORY_FAILED: u64 = 9_800_029;
+    pub const FIREWALL_SUMMARY: u64 = 9_800_030;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -342,4 +350,122 @@ pub fn egress_listening(addr: SocketAddr, peer: &str) {
         address = %addr, peer,
         "egress listening on {addr} for {peer}"
     );
+}
+
+/// At most `per_second` lines a second; the rest are counted for a summary line.
+pub struct LogLimiter {
+    per_second: u32,
+    second: AtomicU64,
+    count: AtomicU32,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub fn new(per_second: u32) -> LogLimiter {
+        LogLimiter {
+            per_second,
+            second: AtomicU64::new(0),
+            count: AtomicU32::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be written now.
+    pub fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let seen = self.second.load(Ordering::Relaxed);
+        if seen != now
+            && self
+                .second
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Lines suppressed since the last call.
+    pub fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Ordering::Relaxed)
+    }
+}
+
+pub fn refused_firewall(peer: SocketAddr) {
+    tracing::info!(
+        c = "ACCESS", id = ids::REFUSED_FIREWALL, ctx = "listener",
+        msg = "Connection refused by the firewall",
+        remote = %peer, reason = "firewall",
+        "connection refused from {peer}: no firewall rule allows this source"
+    );
+}
+
+pub fn refused_proxy_header(peer: SocketAddr, why: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::REFUSED_PROXY_HEADER, ctx = "listener",
+        msg = "Connection refused: PROXY header",
+        remote = %peer, reason = "proxy_header", error = why,
+        "connection refused from {peer}: {why}"
+    );
+}
+
+pub fn refusals_suppressed(n: u64, per_second: u32) {
+    tracing::warn!(
+        c = "ACCESS", id = ids::REFUSALS_SUPPRESSED, ctx = "listener",
+        msg = "Refusals not logged", count = n,
+        "{n} more connections were refused in the last second (lines beyond {per_second} a second are only counted)"
+    );
+}
+
+pub fn rules_changed(what: &str, rules: usize) {
+    tracing::info!(
+        c = "ACCESS",
+        id = ids::RULES_CHANGED,
+        ctx = "admin",
+        msg = "Firewall rules changed",
+        change = what,
+        rules = rules as u64,
+        "firewall rules changed: {what}; {rules} rules now"
+    );
+}
+
+pub fn inventory_loaded(path: &str, interfaces: usize, sg_addresses: usize) {
+    tracing::info!(
+        c = "ACCESS", id = ids::INVENTORY_LOADED, ctx = "firewall",
+        msg = "Security-group inventory loaded",
+        path, interfaces = interfaces as u64, addresses = sg_addresses as u64,
+        "security-group inventory {path}: {interfaces} interfaces; security-group rules allow {sg_addresses} addresses"
+    );
+}
+
+pub fn inventory_failed(path: &str, error: &str, last_good: usize) {
+    tracing::error!(
+        c = "ACCESS", id = ids::INVENTORY_FAILED, ctx = "firewall",
+        msg = "Security-group inventory unusable",
+        path, error, lastGoodInterfaces = last_good as u64,
+        "security-group inventory unusable, keeping the last good one ({last_good} interfaces): {error}"
+    );
+}
+
+pub fn firewall_summary(default: &str, cidr: usize, groups: usize, addresses: usize) {
+    if default == "deny" && cidr + groups == 0 {
+        tracing::warn!(
+            c = "ACCESS", id = ids::FIREWALL_SUMMARY, ctx = "main", msg = "Firewall allows no source",
+            default,
+            "firewall: default deny and no rules, so every connection will be refused; add [[firewall.rules]] or `moat ctl rules add`"
+        );
+    } else {
+        tracing::info!(
+            c = "ACCESS", id = ids::FIREWALL_SUMMARY, ctx = "main", msg = "Firewall",
+            default, cidrRules = cidr as u64, securityGroupRules = groups as u64,
+            "firewall: default {default}, {cidr} CIDR rules, {groups} security-group rules ({addresses} addresses)"
+        );
+    }
 }

@@ -9,7 +9,9 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::conn;
+use crate::conn::normalize_addr;
 use crate::events;
+use crate::firewall::Verdict;
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
 
@@ -45,6 +47,16 @@ pub async fn run(
                 continue;
             }
         };
+        // The firewall decides before anything is read. A trusted load balancer's
+        // connections are judged on the client its PROXY header names, in the task.
+        let trusted = shared.settings().trusts_proxy(peer.ip());
+        if !trusted && shared.firewall().check(peer.ip()) == Verdict::Deny {
+            if shared.refusal_log.allow() {
+                events::refused_firewall(normalize_addr(peer));
+            }
+            drop(tcp);
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             events::refused_limit(peer, max);
             drop(tcp);
@@ -52,7 +64,7 @@ pub async fn run(
         };
         let shared = shared.clone();
         tracker.spawn(async move {
-            conn::handle(tcp, peer, shared).await;
+            conn::handle(tcp, peer, trusted, shared).await;
             drop(permit);
         });
     }

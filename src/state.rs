@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use crate::config::{Config, UpstreamAddr};
+use crate::config::{Config, ProxyProtocol, UpstreamAddr};
+use crate::events::LogLimiter;
+use crate::firewall::{normalize, Firewall};
 use crate::policy::Mode;
 use crate::registry::Registry;
 use crate::tls::TlsState;
+
+/// Refusals logged per second before lines are only counted (and summarised).
+pub const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
 
 /// Settings read per connection; a reload replaces them whole. (`max_connections` is read
 /// once, at start.)
@@ -21,6 +26,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub upstream: UpstreamAddr,
+    pub proxy_protocol: ProxyProtocol,
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -31,6 +38,16 @@ impl Settings {
             max_connections: cfg.listen.max_connections,
             shutdown_timeout: cfg.listen.shutdown_timeout,
             upstream,
+            proxy_protocol: cfg.listen.proxy_protocol,
+            proxy_from: cfg.proxy_from(),
+        }
+    }
+
+    /// Whether `peer` is a load balancer whose PROXY header moat reads.
+    pub fn trusts_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.proxy_protocol != ProxyProtocol::Off && {
+            let ip = normalize(peer);
+            self.proxy_from.iter().any(|n| n.contains(&ip))
         }
     }
 }
@@ -42,18 +59,28 @@ pub struct Shared {
     pub started: std::time::SystemTime,
     mode: AtomicU8,
     tls: ArcSwapOption<TlsState>,
+    firewall: ArcSwap<Firewall>,
+    /// Refusal lines (firewall, PROXY header) are rate-limited: a flood must not fill the disk.
+    pub refusal_log: LogLimiter,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, mode: Mode, tls: Option<TlsState>) -> Arc<Shared> {
+    pub fn new(
+        settings: Settings,
+        mode: Mode,
+        tls: Option<TlsState>,
+        firewall: Firewall,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             registry: Registry::default(),
             started: std::time::SystemTime::now(),
             mode: AtomicU8::new(mode.to_u8()),
             tls: ArcSwapOption::new(tls.map(Arc::new)),
+            firewall: ArcSwap::from_pointee(firewall),
+            refusal_log: LogLimiter::new(REFUSALS_LOGGED_PER_SECOND),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })
@@ -97,6 +124,16 @@ impl Shared {
     /// Replaces the TLS configuration for handshakes from now on.
     pub fn set_tls(&self, tls: Option<TlsState>) {
         self.tls.store(tls.map(Arc::new));
+    }
+
+    /// The live firewall.
+    pub fn firewall(&self) -> Guard<Arc<Firewall>> {
+        self.firewall.load()
+    }
+
+    /// Replaces the firewall for connections from now on.
+    pub fn set_firewall(&self, f: Firewall) {
+        self.firewall.store(Arc::new(f));
     }
 
     /// Registers a new connection: its id and the number now open.

@@ -105,7 +105,8 @@ fn mode_set_persists_across_restart_and_keeps_comments() {
     );
     assert_eq!(
         saved,
-        cfg.replace("mode = \"preferSSL\"", "mode = \"requireSSL\"")
+        format!("{cfg}{ALLOW_LOOPBACK}").replace("mode = \"preferSSL\"", "mode = \"requireSSL\""),
+        "only tls.mode changed"
     );
 
     // Restart on the same file: the mode survives.

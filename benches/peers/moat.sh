@@ -21,6 +21,10 @@ hostnames = ["localhost", "db.example.test"]
 cert = "$CERT"
 key = "$KEY"
 
+[[firewall.rules]]
+cidr = "127.0.0.0/8"
+description = "bench on loopback"
+
 [log]
 level = "${MOAT_BENCH_LOG:-info}"
 TOML

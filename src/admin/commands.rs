@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::control::{conn_json, Control, ModeError};
+use crate::firewall::Rule;
 use crate::policy::Mode;
 
 /// One request: `{"cmd": "...", ...}`.
@@ -29,6 +30,36 @@ pub enum Request {
     },
     #[serde(rename = "reload")]
     Reload,
+    #[serde(rename = "rules.list")]
+    RulesList,
+    #[serde(rename = "rules.add")]
+    RulesAdd {
+        cidr: Option<String>,
+        security_group: Option<String>,
+        account: Option<String>,
+        #[serde(default)]
+        description: String,
+        #[serde(default = "yes")]
+        persist: bool,
+    },
+    #[serde(rename = "rules.remove")]
+    RulesRemove {
+        id: String,
+        #[serde(default = "yes")]
+        persist: bool,
+    },
+    #[serde(rename = "rules.copy")]
+    RulesCopy {
+        /// Another deployment's moat config, or a `rules.export` file; relative paths are
+        /// taken from moat's config directory.
+        from: String,
+        #[serde(default)]
+        replace: bool,
+        #[serde(default = "yes")]
+        persist: bool,
+    },
+    #[serde(rename = "rules.export")]
+    RulesExport,
 }
 
 fn yes() -> bool {
@@ -38,6 +69,10 @@ fn yes() -> bool {
 /// `{"ok": false, "error": msg}`.
 pub fn error(msg: &str) -> Value {
     json!({"ok": false, "error": msg})
+}
+
+fn reply(r: Result<Value, String>) -> Value {
+    r.unwrap_or_else(|e| error(&e))
 }
 
 /// Parses one request line and runs it.
@@ -77,5 +112,38 @@ pub async fn dispatch(control: &Control, line: &[u8]) -> Value {
             Ok(v) => v,
             Err(e) => error(&format!("reload failed, running configuration kept: {e}")),
         },
+        Request::RulesList => control.rules_list(),
+        Request::RulesExport => control.rules_export(),
+        Request::RulesAdd {
+            cidr,
+            security_group,
+            account,
+            description,
+            persist,
+        } => {
+            let rule = Rule::parse(
+                cidr.as_deref(),
+                security_group.as_deref(),
+                account.as_deref(),
+                &description,
+            );
+            match rule {
+                Ok(r) => reply(control.rules_add(r, persist).await),
+                Err(e) => error(&e),
+            }
+        }
+        Request::RulesRemove { id, persist } => reply(control.rules_remove(id, persist).await),
+        Request::RulesCopy {
+            from,
+            replace,
+            persist,
+        } => {
+            let base = control
+                .config_path
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            let from = base.join(from);
+            reply(control.rules_copy(from, replace, persist).await)
+        }
     }
 }

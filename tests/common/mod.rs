@@ -323,16 +323,25 @@ pub struct Moat {
     pub dir: tempfile::TempDir,
 }
 
+/// Appended to test configs that have no `[firewall]`: moat denies every source by default.
+pub const ALLOW_LOOPBACK: &str = "\n[[firewall.rules]]\ncidr = \"127.0.0.0/8\"\ndescription = \"tests on loopback\"\n\n[[firewall.rules]]\ncidr = \"::1/128\"\ndescription = \"tests on loopback (IPv6)\"\n";
+
 impl Moat {
+    /// Runs moat on `config`; one without a `[firewall]` gets [`ALLOW_LOOPBACK`].
     pub fn start(config: &str) -> Moat {
         let dir = tempdir();
         std::fs::write(dir.path().join("moat.toml"), config).unwrap();
         Self::start_in(dir)
     }
 
-    /// Runs moat on `dir/moat.toml` (already written).
+    /// Runs moat on `dir/moat.toml` (already written; given [`ALLOW_LOOPBACK`] if it has
+    /// no `[firewall]`).
     pub fn start_in(dir: tempfile::TempDir) -> Moat {
         let path = dir.path().join("moat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        if !text.contains("firewall") {
+            std::fs::write(&path, text + ALLOW_LOOPBACK).unwrap();
+        }
         let proc = Proc::spawn(Command::new(env!("CARGO_BIN_EXE_moat")).args([
             "run",
             "--config",
@@ -609,4 +618,73 @@ impl Steady {
             self.proc.lines.all().join("\n"),
         )
     }
+}
+
+/// A TCP connection to `addr` from the local address `source` (e.g. "127.0.0.2", "::1").
+pub fn tcp_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let src: std::net::IpAddr = source.parse().unwrap();
+    let domain = if src.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&addr.into(), DEADLINE)?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(DEADLINE))?;
+    Ok(s)
+}
+
+/// Whether the connection was closed without a byte of reply.
+pub fn closed_without_reply(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+/// A stand-in upstream that echoes and counts the connections that reach it.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut s);
+                });
+            }
+        });
+        Recorder { addr, count }
+    }
+
+    /// Connections that reached the upstream so far.
+    pub fn seen(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Sends `ping` and expects it echoed back (through moat to a [`Recorder`]).
+pub fn echo_ok(s: &mut TcpStream) -> bool {
+    if s.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).is_ok() && &b == b"ping"
 }

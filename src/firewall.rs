@@ -1,0 +1,389 @@
+//! The allowlist: CIDR rules and EC2 security-group rules, checked on the client's address
+//! before moat reads a byte from it. Pure: no I/O.
+//!
+//! Rules compile into two longest-prefix-match tries (IPv4, IPv6); a security-group rule
+//! contributes one host prefix per address the inventory lists for it. A lookup is a trie
+//! walk of at most 32 or 128 levels, whatever the number of rules.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixSet;
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+
+/// What a source that no rule matches gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Where a rule lets connections come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    Cidr(IpNet),
+    SecurityGroup { group: String, account: String },
+}
+
+impl Source {
+    /// `cidr` or `security_group`: the closed label set of `moat_firewall_rules`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Cidr(_) => "cidr",
+            Source::SecurityGroup { .. } => "security_group",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Cidr(n) => write!(f, "{n}"),
+            Source::SecurityGroup { group, account } => write!(f, "{group} (account {account})"),
+        }
+    }
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Derived from the source, so the same rule has the same id on every node and
+    /// across restarts: `r` + 12 hex digits.
+    pub id: String,
+    pub source: Source,
+    pub description: String,
+}
+
+/// A rule as the admin protocol lists it: `{id, kind, value, description}` (+ account).
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleView {
+    pub id: String,
+    pub kind: &'static str,
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub description: String,
+}
+
+impl Rule {
+    pub fn new(source: Source, description: impl Into<String>) -> Rule {
+        Rule {
+            id: rule_id(&source),
+            source,
+            description: description.into(),
+        }
+    }
+
+    /// Parses a rule from its config form: a CIDR, or a security group with its account.
+    pub fn parse(
+        cidr: Option<&str>,
+        security_group: Option<&str>,
+        account: Option<&str>,
+        description: &str,
+    ) -> Result<Rule, String> {
+        let source = match (cidr, security_group, account) {
+            (Some(c), None, None) => Source::Cidr(parse_cidr(c)?),
+            (None, Some(g), Some(a)) => {
+                check_group(g)?;
+                check_account(a)?;
+                Source::SecurityGroup {
+                    group: g.to_string(),
+                    account: a.to_string(),
+                }
+            }
+            (None, Some(_), None) => {
+                return Err("a security_group rule needs the account (12-digit AWS account id) that owns the group".into())
+            }
+            (None, None, Some(_)) => return Err("`account` goes with `security_group`".into()),
+            (Some(_), _, _) => {
+                return Err("a rule is either a `cidr` or a `security_group` + `account`, not both".into())
+            }
+            (None, None, None) => {
+                return Err("a rule needs `cidr`, or `security_group` and `account`".into())
+            }
+        };
+        if description.trim().is_empty() {
+            return Err("every rule needs a `description` saying whose access it is".into());
+        }
+        Ok(Rule::new(source, description))
+    }
+
+    pub fn view(&self) -> RuleView {
+        let (value, account) = match &self.source {
+            Source::Cidr(n) => (n.to_string(), None),
+            Source::SecurityGroup { group, account } => (group.clone(), Some(account.clone())),
+        };
+        RuleView {
+            id: self.id.clone(),
+            kind: self.source.kind(),
+            value,
+            account,
+            description: self.description.clone(),
+        }
+    }
+}
+
+/// A CIDR (or a bare address, as a host prefix) with no host bits set.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net: IpNet = match s.parse() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => {
+                return Err(format!(
+                    "`{s}` is not a CIDR: write it like \"203.0.113.0/24\" or \"2001:db8::/32\""
+                ))
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(normalize_net(net))
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps, so
+/// it matches IPv4 clients the same way whichever form a rule is written in.
+fn normalize_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+fn check_group(g: &str) -> Result<(), String> {
+    let hex = g.strip_prefix("sg-").unwrap_or("");
+    let ok = (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{g}` is not a security group id (sg- and 8 or 17 hex digits)"
+        ))
+    }
+}
+
+fn check_account(a: &str) -> Result<(), String> {
+    if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("`{a}` is not an AWS account id (12 digits)"))
+    }
+}
+
+/// A stable id from the rule's source (FNV-1a, 48 bits).
+fn rule_id(source: &Source) -> String {
+    let text = match source {
+        Source::Cidr(n) => format!("cidr:{n}"),
+        Source::SecurityGroup { group, account } => format!("sg:{account}:{group}"),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("r{:012x}", h >> 16)
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4
+/// clients) is the IPv4 address: matched against IPv4 rules, logged as IPv4.
+pub fn normalize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The firewall's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// A compiled rule set; rebuilt whole when rules or the inventory change.
+pub struct Firewall {
+    default: DefaultPolicy,
+    rules: Vec<Rule>,
+    v4: PrefixSet<Ipv4Net>,
+    v6: PrefixSet<Ipv6Net>,
+    /// Addresses contributed by security-group rules.
+    sg_addresses: usize,
+}
+
+impl Firewall {
+    /// Compiles `rules`, resolving security groups through `inventory`.
+    pub fn build(default: DefaultPolicy, rules: Vec<Rule>, inventory: &Inventory) -> Firewall {
+        let mut v4 = PrefixSet::new();
+        let mut v6 = PrefixSet::new();
+        let mut insert = |net: IpNet| match net {
+            IpNet::V4(n) => {
+                v4.insert(n);
+            }
+            IpNet::V6(n) => {
+                v6.insert(n);
+            }
+        };
+        let mut sg_addresses = 0;
+        for r in &rules {
+            match &r.source {
+                Source::Cidr(n) => insert(*n),
+                Source::SecurityGroup { group, account } => {
+                    for ip in inventory.addresses(account, group) {
+                        insert(IpNet::from(normalize(*ip)));
+                        sg_addresses += 1;
+                    }
+                }
+            }
+        }
+        Firewall {
+            default,
+            rules,
+            v4,
+            v6,
+            sg_addresses,
+        }
+    }
+
+    /// Whether `ip` may connect.
+    pub fn check(&self, ip: IpAddr) -> Verdict {
+        let hit = match normalize(ip) {
+            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).is_some(),
+            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).is_some(),
+        };
+        match (hit, self.default) {
+            (true, _) | (false, DefaultPolicy::Allow) => Verdict::Allow,
+            (false, DefaultPolicy::Deny) => Verdict::Deny,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_policy(&self) -> DefaultPolicy {
+        self.default
+    }
+
+    /// (CIDR rules, security-group rules, addresses the groups resolved to).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let cidr = self
+            .rules
+            .iter()
+            .filter(|r| matches!(r.source, Source::Cidr(_)))
+            .count();
+        (cidr, self.rules.len() - cidr, self.sg_addresses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn cidr(s: &str) -> Rule {
+        Rule::parse(Some(s), None, None, "test").unwrap()
+    }
+
+    fn fw(rules: Vec<Rule>) -> Firewall {
+        Firewall::build(DefaultPolicy::Deny, rules, &Inventory::default())
+    }
+
+    #[test]
+    fn cidr_rule_allows_inside_and_denies_outside() {
+        let f = fw(vec![cidr("203.0.113.0/24")]);
+        assert_eq!(f.check(ip("203.0.113.77")), Verdict::Allow);
+        assert_eq!(f.check(ip("203.0.114.1")), Verdict::Deny);
+    }
+
+    #[test]
+    fn ipv6_rules_match_ipv6_only() {
+        let f = fw(vec![cidr("2001:db8::/32")]);
+        assert_eq!(f.check(ip("2001:db8:1::5")), Verdict::Allow);
+        assert_eq!(f.check(ip("2001:db9::5")), Verdict::Deny);
+        assert_eq!(f.check(ip("127.0.0.1")), Verdict::Deny);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_matched_as_ipv4() {
+        let f = fw(vec![cidr("127.0.0.2/32")]);
+        assert_eq!(f.check(ip("::ffff:127.0.0.2")), Verdict::Allow);
+        assert_eq!(f.check(ip("::ffff:127.0.0.3")), Verdict::Deny);
+        // A rule written in the mapped form is the IPv4 rule it maps, for both forms of client.
+        let f = fw(vec![cidr("::ffff:10.0.0.0/104")]);
+        assert_eq!(f.check(ip("10.1.2.3")), Verdict::Allow);
+        assert_eq!(f.check(ip("::ffff:10.1.2.3")), Verdict::Allow);
+        assert_eq!(f.check(ip("11.1.2.3")), Verdict::Deny);
+        assert_eq!(
+            cidr("::ffff:10.0.0.0/104").source,
+            cidr("10.0.0.0/8").source
+        );
+    }
+
+    #[test]
+    fn default_allow_admits_unmatched_sources() {
+        let f = Firewall::build(DefaultPolicy::Allow, vec![], &Inventory::default());
+        assert_eq!(f.check(ip("198.51.100.7")), Verdict::Allow);
+        assert_eq!(fw(vec![]).check(ip("198.51.100.7")), Verdict::Deny);
+    }
+
+    #[test]
+    fn security_group_rule_allows_the_groups_addresses_of_that_account_only() {
+        let inv = Inventory::parse(
+            r#"{"NetworkInterfaces": [
+                {"OwnerId": "123456789012", "Groups": [{"GroupId": "sg-0a1b2c3d"}],
+                 "PrivateIpAddress": "10.0.1.5",
+                 "PrivateIpAddresses": [{"PrivateIpAddress": "10.0.1.5", "Association": {"PublicIp": "54.1.2.3"}},
+                                        {"PrivateIpAddress": "10.0.1.6"}],
+                 "Ipv6Addresses": [{"Ipv6Address": "2600:1f18::5"}]},
+                {"OwnerId": "999999999999", "Groups": [{"GroupId": "sg-0a1b2c3d"}],
+                 "PrivateIpAddress": "10.0.9.9"}
+            ]}"#,
+        )
+        .unwrap();
+        let rule = Rule::parse(None, Some("sg-0a1b2c3d"), Some("123456789012"), "apps").unwrap();
+        let f = Firewall::build(DefaultPolicy::Deny, vec![rule], &inv);
+        for a in ["10.0.1.5", "10.0.1.6", "54.1.2.3", "2600:1f18::5"] {
+            assert_eq!(f.check(ip(a)), Verdict::Allow, "{a}");
+        }
+        // Same group id, other account: not allowed.
+        assert_eq!(f.check(ip("10.0.9.9")), Verdict::Deny);
+        assert_eq!(f.counts(), (0, 1, 4));
+    }
+
+    #[test]
+    fn rules_are_checked_before_they_are_accepted() {
+        assert!(parse_cidr("10.0.0.5/24")
+            .unwrap_err()
+            .contains("did you mean 10.0.0.0/24"));
+        assert!(parse_cidr("10.0.0.300/32").is_err());
+        assert_eq!(parse_cidr("10.0.0.5").unwrap().to_string(), "10.0.0.5/32");
+        assert!(Rule::parse(None, Some("sg-xyz"), Some("123456789012"), "d").is_err());
+        assert!(Rule::parse(None, Some("sg-0a1b2c3d"), Some("1234"), "d").is_err());
+        assert!(Rule::parse(None, Some("sg-0a1b2c3d"), None, "d").is_err());
+        assert!(Rule::parse(Some("10.0.0.0/8"), None, None, " ").is_err());
+        assert!(Rule::parse(Some("10.0.0.0/8"), Some("sg-0a1b2c3d"), None, "d").is_err());
+    }
+
+    #[test]
+    fn rule_ids_are_stable_and_distinct() {
+        assert_eq!(cidr("10.0.0.0/8").id, cidr("10.0.0.0/8").id);
+        assert_ne!(cidr("10.0.0.0/8").id, cidr("10.0.0.0/9").id);
+        assert_eq!(cidr("10.0.0.0/8").id.len(), 13);
+    }
+}
