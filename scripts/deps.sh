@@ -36,6 +36,18 @@ need_venv() {
     cp "$req" "$stamp"
 }
 
+# mongosh (npm, ~60 s the first time): a real driver with a legacy OP_QUERY handshake.
+MONGOSH_VERSION=2.12.0
+need_mongosh() {
+    local bin=.deps/mongosh/node_modules/.bin/mongosh
+    if [ -x "$bin" ] && grep -q "\"version\": \"$MONGOSH_VERSION\"" .deps/mongosh/node_modules/mongosh/package.json 2>/dev/null; then
+        return 0
+    fi
+    command -v npm >/dev/null || { echo "npm is needed for mongosh (apt-get install -y npm)" >&2; return 1; }
+    echo "installing mongosh $MONGOSH_VERSION into .deps/mongosh" >&2
+    npm install --prefix .deps/mongosh --no-audit --no-fund --loglevel=error "mongosh@$MONGOSH_VERSION" >/dev/null
+}
+
 need_rust_tools() {
     cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 && return 0
     rustup component add rustfmt clippy
@@ -43,6 +55,6 @@ need_rust_tools() {
 
 case "${1:-all}" in
     venv) need_venv ;;
-    all) need_apt; need_venv; need_rust_tools ;;
+    all) need_apt; need_venv; need_mongosh; need_rust_tools ;;
     *) echo "usage: scripts/deps.sh [all|venv]" >&2; exit 2 ;;
 esac

@@ -312,6 +312,14 @@ pub struct LogConfig {
     /// A tracing filter (`info`, `debug`, `moat=debug,rustls=info`); MOAT_LOG / RUST_LOG win.
     #[serde(default = "default_level")]
     pub level: String,
+    /// Parse the MongoDB handshake to log client metadata and authentication (and fill
+    /// driver/app/user in `moat ctl connections`).
+    #[serde(default = "yes")]
+    pub inspect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_level() -> String {
@@ -323,6 +331,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::default(),
             level: default_level(),
+            inspect: true,
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ClientCertificates;
 use crate::events::{self, TlsSummary};
 use crate::firewall::{self, Verdict};
+use crate::inspect::InspectTap;
 use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::proxy;
@@ -142,7 +143,7 @@ async fn serve(
     mut tcp: TcpStream,
     first: Vec<u8>,
     deadline: Instant,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     shared: &Shared,
     settings: &Settings,
 ) -> Result<(), ConnError> {
@@ -196,11 +197,17 @@ async fn serve(
             });
             drop(tls);
             let upstream = connect_upstream(settings).await?;
-            forward(&mut stream, upstream, conn).await
+            forward(&mut stream, upstream, conn, settings.inspect).await
         }
         Action::ForwardPlaintext => {
             let upstream = connect_upstream(settings).await?;
-            forward(&mut Prefixed::new(first, tcp), upstream, conn).await
+            forward(
+                &mut Prefixed::new(first, tcp),
+                upstream,
+                conn,
+                settings.inspect,
+            )
+            .await
         }
         Action::ReplyTlsRequired => {
             reply_tls_required(tcp, first, deadline).await?;
@@ -230,14 +237,24 @@ async fn connect_upstream(settings: &Settings) -> Result<Upstream, ConnError> {
         .map_err(ConnError::Upstream)
 }
 
-async fn forward<C>(client: &mut C, upstream: Upstream, conn: &Conn) -> Result<(), ConnError>
+async fn forward<C>(
+    client: &mut C,
+    upstream: Upstream,
+    conn: &Arc<Conn>,
+    inspect: bool,
+) -> Result<(), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
+    let tap: proxy::TapSlot<'_> = if inspect {
+        Some(Box::new(InspectTap::new(conn.clone(), conn.remote)))
+    } else {
+        None
+    };
     let r = match upstream {
-        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o).await,
-        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o).await,
+        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o, tap).await,
+        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o, tap).await,
     };
     r.map(|_| ()).map_err(|(e, _)| ConnError::Io(e))
 }

@@ -480,7 +480,6 @@ pub fn warn_expiring(shared: &Shared) {
 pub fn conn_json(c: &Conn) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let tls = c.tls.get();
-    let client = c.client.get();
     json!({
         "id": c.id,
         "remote": c.remote.to_string(),
@@ -491,8 +490,8 @@ pub fn conn_json(c: &Conn) -> Value {
         "age_secs": c.started.elapsed().as_secs_f64(),
         "bytes_in": c.bytes_in.load(Relaxed),
         "bytes_out": c.bytes_out.load(Relaxed),
-        "driver": client.and_then(|i| i.driver.clone()),
-        "app": client.and_then(|i| i.app.clone()),
-        "user": client.and_then(|i| i.user.clone()),
+        "driver": c.driver.get(),
+        "app": c.app.get(),
+        "user": c.user.get(),
     })
 }

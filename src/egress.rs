@@ -117,10 +117,10 @@ async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared:
                 .await
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))?
                 .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-            proxy::run(&mut local, &mut tls, bytes_in, bytes_out).await
+            proxy::run(&mut local, &mut tls, bytes_in, bytes_out, None).await
         } else {
             let mut tcp = tcp;
-            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out).await
+            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out, None).await
         };
         copied.map(|_| ()).map_err(|(e, _)| e.to_string())
     }

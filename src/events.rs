@@ -46,6 +46,10 @@ pub mod ids {
     pub const INVENTORY_LOADED: u64 = 9_800_028;
     pub const INVENTORY_FAILED: u64 = 9_800_029;
     pub const FIREWALL_SUMMARY: u64 = 9_800_030;
+    pub const CLIENT_METADATA: u64 = 51800; // mongod: "client metadata"
+    pub const AUTH_SUCCEEDED: u64 = 20250; // mongod: "Authentication succeeded"
+    pub const AUTH_FAILED: u64 = 20249; // mongod: "Authentication failed"
+    pub const INSPECTION_STOPPED: u64 = 9_800_031;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -468,4 +472,60 @@ pub fn firewall_summary(default: &str, cidr: usize, groups: usize, addresses: us
             "firewall: default {default}, {cidr} CIDR rules, {groups} security-group rules ({addresses} addresses)"
         );
     }
+}
+
+pub fn client_metadata(conn: u64, peer: SocketAddr, text: &str, json: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::CLIENT_METADATA, ctx = %ConnCtx(conn), msg = "client metadata",
+        remote = %peer, client = %ConnCtx(conn), doc = json,
+        "received client metadata from {peer} {}: {text}", ConnCtx(conn)
+    );
+}
+
+pub fn auth_succeeded(
+    conn: u64,
+    peer: SocketAddr,
+    mechanism: &str,
+    user: &str,
+    db: &str,
+    speculative: bool,
+) {
+    tracing::info!(
+        c = "ACCESS", id = ids::AUTH_SUCCEEDED, ctx = %ConnCtx(conn), msg = "Authentication succeeded",
+        mechanism, speculative, principalName = user, authenticationDatabase = db, remote = %peer,
+        "Successfully authenticated as principal {user} on {db} from client {peer}"
+    );
+}
+
+/// The failure line; `SASL ` precedes SASL mechanisms as in mongod's log.
+#[allow(clippy::too_many_arguments)]
+pub fn auth_failed(
+    conn: u64,
+    peer: SocketAddr,
+    mechanism: &str,
+    user: &str,
+    db: &str,
+    speculative: bool,
+    code_name: &str,
+    errmsg: &str,
+) {
+    let sasl = if mechanism == "MONGODB-X509" {
+        ""
+    } else {
+        "SASL "
+    };
+    tracing::info!(
+        c = "ACCESS", id = ids::AUTH_FAILED, ctx = %ConnCtx(conn), msg = "Authentication failed",
+        mechanism, speculative, principalName = user, authenticationDatabase = db, remote = %peer,
+        error = %format_args!("{code_name}: {errmsg}"),
+        "{sasl}{mechanism} authentication failed for {user} on {db} from client {peer} ; {code_name}: {errmsg}"
+    );
+}
+
+pub fn inspection_stopped(conn: u64, why: &str) {
+    tracing::debug!(
+        c = "NETWORK", id = ids::INSPECTION_STOPPED, ctx = %ConnCtx(conn),
+        msg = "Handshake inspection stopped", reason = why,
+        "handshake inspection stopped ({why}); bytes keep flowing unparsed"
+    );
 }

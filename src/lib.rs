@@ -16,6 +16,7 @@ pub mod egress;
 pub mod error;
 pub mod events;
 pub mod firewall;
+pub mod inspect;
 pub mod inventory;
 pub mod io;
 pub mod persist;

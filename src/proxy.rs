@@ -70,6 +70,23 @@ impl DerefMut for PoolBuf {
     }
 }
 
+/// Which way bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+/// Sees the bytes of both directions as they are copied, until it says it has seen
+/// enough; from then on the copy does no extra work (the tap is dropped).
+pub trait Tap: Send {
+    /// Returns whether to keep tapping.
+    fn observe(&mut self, dir: Direction, bytes: &[u8]) -> bool;
+}
+
+/// A tap, while it is wanted.
+pub type TapSlot<'a> = Option<Box<dyn Tap + 'a>>;
+
 /// One direction of the copy.
 #[derive(Default)]
 struct Pipe {
@@ -90,6 +107,8 @@ impl Pipe {
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        tap: &mut TapSlot<'_>,
+        dir: Direction,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -138,6 +157,11 @@ impl Pipe {
                     if n == 0 {
                         self.read_eof = true;
                     } else {
+                        if let Some(t) = tap {
+                            if !t.observe(dir, &buf[..n]) {
+                                *tap = None;
+                            }
+                        }
                         self.bytes += n as u64;
                         self.start = 0;
                         self.end = n;
@@ -158,12 +182,14 @@ pub struct Totals {
 
 /// Copies both ways until both directions have finished, or either fails; the running
 /// totals are published to `bytes_in` (client → upstream) and `bytes_out` as they grow.
-/// On error, the totals so far are returned with it.
+/// `tap` sees the bytes until it has seen enough. On error, the totals so far are
+/// returned with it.
 pub async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     bytes_in: &AtomicU64,
     bytes_out: &AtomicU64,
+    mut tap: TapSlot<'_>,
 ) -> Result<Totals, (io::Error, Totals)>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -175,7 +201,13 @@ where
         let a = if up.done {
             Poll::Ready(Ok(()))
         } else {
-            up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))
+            up.poll_copy(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *upstream),
+                &mut tap,
+                Direction::ClientToUpstream,
+            )
         };
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(Err(e));
@@ -183,7 +215,13 @@ where
         let b = if down.done {
             Poll::Ready(Ok(()))
         } else {
-            down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))
+            down.poll_copy(
+                cx,
+                Pin::new(&mut *upstream),
+                Pin::new(&mut *client),
+                &mut tap,
+                Direction::UpstreamToClient,
+            )
         };
         // Plain stores of this task's own totals: no read-modify-write, no sharing.
         bytes_in.store(up.bytes, Ordering::Relaxed);
@@ -214,7 +252,14 @@ mod tests {
         let (mut client, mut proxy_client_side) = tokio::io::duplex(1024);
         let (mut proxy_upstream_side, mut upstream) = tokio::io::duplex(1024);
         let task = tokio::spawn(async move {
-            run(&mut proxy_client_side, &mut proxy_upstream_side, &C, &C).await
+            run(
+                &mut proxy_client_side,
+                &mut proxy_upstream_side,
+                &C,
+                &C,
+                None,
+            )
+            .await
         });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap(); // half-close: client is done sending
@@ -242,7 +287,7 @@ mod tests {
         // Small duplex buffers force partial writes and Pending on both sides.
         let (mut client, mut a) = tokio::io::duplex(333);
         let (mut b, mut upstream) = tokio::io::duplex(777);
-        let task = tokio::spawn(async move { run(&mut a, &mut b, &C, &C).await });
+        let task = tokio::spawn(async move { run(&mut a, &mut b, &C, &C, None).await });
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {
@@ -257,6 +302,56 @@ mod tests {
         let _client = writer.await.unwrap();
         let totals = task.await.unwrap().unwrap();
         assert_eq!(totals.client_to_upstream, 1_000_000);
+    }
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Direction, Vec<u8>)>>>;
+
+    /// Records what it sees until it has seen `limit` bytes in total.
+    struct Recording {
+        seen: Seen,
+        limit: usize,
+        total: usize,
+    }
+
+    impl Tap for Recording {
+        fn observe(&mut self, dir: Direction, bytes: &[u8]) -> bool {
+            self.seen.lock().unwrap().push((dir, bytes.to_vec()));
+            self.total += bytes.len();
+            self.total < self.limit
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tap_sees_both_directions_until_it_has_seen_enough() {
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut upstream) = tokio::io::duplex(1024);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tap = Recording {
+            seen: seen.clone(),
+            limit: 8,
+            total: 0,
+        };
+        let task =
+            tokio::spawn(async move { run(&mut a, &mut b, &C, &C, Some(Box::new(tap))).await });
+        let mut buf = [0u8; 4];
+        client.write_all(b"ping").await.unwrap();
+        upstream.read_exact(&mut buf).await.unwrap();
+        upstream.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        client.write_all(b"more").await.unwrap();
+        upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"more", "bytes flow on after the tap is gone");
+        drop(client);
+        drop(upstream);
+        let _ = task.await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![
+                (Direction::ClientToUpstream, b"ping".to_vec()),
+                (Direction::UpstreamToClient, b"pong".to_vec())
+            ]
+        );
     }
 
     #[test]

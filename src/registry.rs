@@ -15,14 +15,6 @@ use crate::policy::Transport;
 
 const SHARDS: usize = 16;
 
-/// What moat learned about the client from its handshake (filled by wire inspection).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientInfo {
-    pub driver: Option<String>,
-    pub app: Option<String>,
-    pub user: Option<String>,
-}
-
 /// TLS facts of a connection, set once after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
@@ -51,7 +43,11 @@ pub struct Conn {
     /// 0 = not yet known, 1 = TLS, 2 = plaintext.
     transport: AtomicU8,
     pub tls: OnceLock<TlsInfo>,
-    pub client: OnceLock<ClientInfo>,
+    /// What the handshake said (filled by wire inspection): `name version` of the driver,
+    /// the application name, and `user@db` once authenticated.
+    pub driver: OnceLock<String>,
+    pub app: OnceLock<String>,
+    pub user: OnceLock<String>,
     /// Bytes copied client → upstream and upstream → client so far.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -102,7 +98,9 @@ impl Registry {
             started: Instant::now(),
             transport: AtomicU8::new(0),
             tls: OnceLock::new(),
-            client: OnceLock::new(),
+            driver: OnceLock::new(),
+            app: OnceLock::new(),
+            user: OnceLock::new(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         });

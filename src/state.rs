@@ -28,6 +28,8 @@ pub struct Settings {
     pub upstream: UpstreamAddr,
     pub proxy_protocol: ProxyProtocol,
     pub proxy_from: Vec<ipnet::IpNet>,
+    /// Inspect the MongoDB handshake (`[log] inspect`).
+    pub inspect: bool,
 }
 
 impl Settings {
@@ -40,6 +42,7 @@ impl Settings {
             upstream,
             proxy_protocol: cfg.listen.proxy_protocol,
             proxy_from: cfg.proxy_from(),
+            inspect: cfg.log.inspect,
         }
     }
 

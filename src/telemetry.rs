@@ -5,6 +5,7 @@
 //! `c` (component: NETWORK, ACCESS, CONTROL), `id` (mongod's log id where mongod logs the
 //! same event), `ctx` (`listener`, `conn12`) and `msg` (the short JSON message). The text
 //! form prints the event's formatted message; the JSON form prints `msg` and the attributes.
+//! An attribute named `doc` holds JSON that moat serialised itself and is embedded as is.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -123,6 +124,8 @@ struct Fields {
 }
 
 enum Attr {
+    /// A JSON value already serialised (the `doc` attribute: client metadata).
+    Raw(String),
     Str(String),
     Int(i64),
     UInt(u64),
@@ -136,6 +139,7 @@ impl Visit for Fields {
             "ctx" => self.ctx = Some(value.to_string()),
             "msg" => self.msg = Some(value.to_string()),
             "message" => self.message.push_str(value),
+            "doc" => self.attrs.push(("doc", Attr::Raw(value.to_string()))),
             n => self.attrs.push((n, Attr::Str(value.to_string()))),
         }
     }
@@ -197,7 +201,7 @@ fn write_text(out: &mut String, now: SystemTime, level: Level, f: &Fields) -> fm
         for (k, v) in &f.attrs {
             write!(out, " {k}=")?;
             match v {
-                Attr::Str(s) => out.push_str(s),
+                Attr::Str(s) | Attr::Raw(s) => out.push_str(s),
                 Attr::Int(i) => write!(out, "{i}")?,
                 Attr::UInt(u) => write!(out, "{u}")?,
                 Attr::Bool(b) => write!(out, "{b}")?,
@@ -228,6 +232,7 @@ fn write_json(out: &mut String, now: SystemTime, level: Level, f: &Fields) -> fm
             json_str(out, k);
             out.push(':');
             match v {
+                Attr::Raw(s) => out.push_str(s),
                 Attr::Str(s) => json_str(out, s),
                 Attr::Int(n) => write!(out, "{n}")?,
                 Attr::UInt(n) => write!(out, "{n}")?,

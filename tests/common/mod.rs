@@ -347,13 +347,19 @@ impl Moat {
             "--config",
             path.to_str().unwrap(),
         ]));
-        let line = proc.lines.wait_for("waiting for connections on ", DEADLINE);
-        let addr = line
-            .split("waiting for connections on ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        // Text: "waiting for connections on ADDR ..."; JSON: "Waiting for connections", attr.address.
+        let line = proc.lines.wait_for("aiting for connections", DEADLINE);
+        let addr = if line.starts_with('{') {
+            serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["attr"]["address"].as_str().and_then(|a| a.parse().ok()))
+        } else {
+            line.split("waiting for connections on ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+        }
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
         Moat { proc, addr, dir }
     }
 
@@ -687,4 +693,32 @@ pub fn echo_ok(s: &mut TcpStream) -> bool {
     }
     let mut b = [0u8; 4];
     s.read_exact(&mut b).is_ok() && &b == b"ping"
+}
+
+/// Runs mongosh (installed by scripts/deps.sh into .deps) with a ping against `uri`.
+pub fn mongosh_ping(uri: &str) -> PyResult {
+    let bin = repo().join(".deps/mongosh/node_modules/.bin/mongosh");
+    assert!(
+        bin.exists(),
+        "mongosh is missing at {}: run scripts/deps.sh",
+        bin.display()
+    );
+    let out = Command::new(bin)
+        .args([
+            uri,
+            "--quiet",
+            "--norc",
+            "--eval",
+            "JSON.stringify(db.runCommand({ping:1}))",
+        ])
+        .output()
+        .unwrap();
+    PyResult {
+        ok: out.status.success(),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }

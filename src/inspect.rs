@@ -1,0 +1,133 @@
+//! Handshake inspection on a live connection: a [`Tap`] on the byte copy that frames
+//! both directions into messages, hands them to the [`Inspector`], logs what it finds
+//! and fills the connection's driver/app/user. It sees only the first messages; then it
+//! lets go and the copy is plain again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::events;
+use crate::proxy::{Direction, Tap};
+use crate::registry::Conn;
+use crate::wire::framer::{Framer, Stop};
+use crate::wire::handshake::{Finding, Inspector, Next};
+use crate::wire::message;
+
+/// Largest message inspection reads: handshake messages are far smaller.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// The inspection of one connection.
+pub struct InspectTap {
+    conn: Arc<Conn>,
+    peer: SocketAddr,
+    inspector: Inspector,
+    from_client: Framer,
+    from_server: Framer,
+    findings: Vec<Finding>,
+}
+
+impl InspectTap {
+    pub fn new(conn: Arc<Conn>, peer: SocketAddr) -> InspectTap {
+        let subject = conn.tls.get().and_then(|t| t.client_subject.clone());
+        InspectTap {
+            conn,
+            peer,
+            inspector: Inspector::new(subject),
+            from_client: Framer::default(),
+            from_server: Framer::default(),
+            findings: Vec::new(),
+        }
+    }
+
+    fn report(&mut self) {
+        for f in self.findings.drain(..) {
+            match f {
+                Finding::Metadata(m) => {
+                    events::client_metadata(self.conn.id, self.peer, &m.text, &m.json);
+                    if let Some(d) = m.driver {
+                        let _ = self.conn.driver.set(d);
+                    }
+                    if let Some(a) = m.app {
+                        let _ = self.conn.app.set(a);
+                    }
+                }
+                Finding::AuthSucceeded(a) => {
+                    events::auth_succeeded(
+                        self.conn.id,
+                        self.peer,
+                        &a.mechanism,
+                        &a.user,
+                        &a.db,
+                        a.speculative,
+                    );
+                    let _ = self.conn.user.set(format!("{}@{}", a.user, a.db));
+                }
+                Finding::AuthFailed {
+                    auth: a,
+                    code_name,
+                    errmsg,
+                } => events::auth_failed(
+                    self.conn.id,
+                    self.peer,
+                    &a.mechanism,
+                    &a.user,
+                    &a.db,
+                    a.speculative,
+                    &code_name,
+                    &errmsg,
+                ),
+            }
+        }
+    }
+}
+
+impl Tap for InspectTap {
+    fn observe(&mut self, dir: Direction, bytes: &[u8]) -> bool {
+        let InspectTap {
+            inspector,
+            from_client,
+            from_server,
+            findings,
+            ..
+        } = self;
+        let client = dir == Direction::ClientToUpstream;
+        let framer = if client { from_client } else { from_server };
+        let mut stopped: Option<String> = None;
+        let fed = framer.feed(bytes, MAX_MESSAGE, |bytes| match message::parse(bytes) {
+            Ok(msg) => {
+                let next = if client {
+                    inspector.client(&msg, findings)
+                } else {
+                    inspector.server(&msg, findings)
+                };
+                match next {
+                    Next::Continue => true,
+                    Next::Done(why) => {
+                        stopped = Some(why.to_string());
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                stopped = Some(format!("unparseable message: {e}"));
+                false
+            }
+        });
+        self.report();
+        let keep = match fed {
+            Ok(keep) => keep,
+            Err(Stop::TooLarge(n)) => {
+                stopped = Some(format!("a {n}-byte message is no handshake"));
+                false
+            }
+            Err(Stop::Invalid(why)) => {
+                stopped = Some(format!("not MongoDB messages: {why}"));
+                false
+            }
+        };
+        if let Some(why) = stopped {
+            events::inspection_stopped(self.conn.id, &why);
+        }
+        keep
+    }
+}
