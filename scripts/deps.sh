@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian's pymongo 3.11 (legacy OP_QUERY handshake) and openssl s_client are test peers.
-APT_PACKAGES=(openssl python3-pymongo)
+# Test peers: openssl s_client, Debian's pymongo 3.11 (legacy OP_QUERY handshake),
+# promtool (from prometheus) to check the metrics exposition and alert rules.
+APT_PACKAGES=(openssl python3-pymongo prometheus)
 
 need_apt() {
     local missing=()

@@ -20,6 +20,7 @@ use crate::egress::{self, Egress, Target};
 use crate::error::{ConfigErrors, Invalid};
 use crate::events;
 use crate::firewall::DefaultPolicy;
+use crate::health;
 use crate::rules::FirewallPlane;
 use crate::server;
 use crate::shutdown;
@@ -210,6 +211,19 @@ async fn serve(
             }
         }
     }
+    let metrics_listener = match &loaded.config.metrics {
+        Some(m) => match health::bind(m.listen).await {
+            Ok(l) => Some((l, m.readiness_interval)),
+            Err(e) => {
+                return fail(
+                    &file,
+                    "metrics.listen",
+                    format!("cannot listen on {}: {e}", m.listen),
+                )
+            }
+        },
+        None => None,
+    };
     let admin_listener = match &loaded.config.admin.socket {
         Some(p) => match admin::bind(p) {
             Ok(l) => Some(l),
@@ -274,6 +288,11 @@ async fn serve(
     }
     if let Some(l) = admin_listener {
         tokio::spawn(admin::serve(l, control.clone(), shutdown.clone()));
+    }
+    if let Some((l, interval)) = metrics_listener {
+        events::metrics_listening(l.local_addr().unwrap_or(addr));
+        tokio::spawn(health::serve(l, shared.clone()));
+        tokio::spawn(health::probe_upstream(shared.clone(), interval));
     }
     tokio::spawn(reload_on_sighup(control.clone()));
     tokio::spawn(watch_expiry(shared.clone()));

@@ -30,6 +30,7 @@ pub struct Config {
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -128,6 +129,22 @@ impl Config {
             .filter_map(|c| parse_cidr(c).ok())
             .collect()
     }
+}
+
+/// `[metrics]`: the HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `GET /metrics`, `/healthz`, `/readyz`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// How often moat connects to the upstream itself when no client did (for /readyz).
+    #[serde(default = "default_readiness_interval", deserialize_with = "duration")]
+    pub readiness_interval: Duration,
+}
+
+fn default_readiness_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[admin]`: the control socket `moat ctl` talks to.

@@ -84,6 +84,7 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
             Ok((source, rest)) => {
                 let client = source.map_or(peer, normalize_addr);
                 if shared.firewall().check(client.ip()) == Verdict::Deny {
+                    shared.metrics.rejected(RejectReason::Firewall);
                     if shared.refusal_log.allow() {
                         events::refused_firewall(client);
                     }
@@ -92,6 +93,7 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
                 (client, rest)
             }
             Err(why) => {
+                shared.metrics.rejected(RejectReason::ProxyHeader);
                 if shared.refusal_log.allow() {
                     events::refused_proxy_header(peer, &why);
                 }
@@ -110,7 +112,26 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
     };
     events::accepted(peer, id, open);
     if let Err(e) = serve(tcp, first, deadline, &conn, &shared, &settings).await {
+        if let Some(reason) = e.reason() {
+            shared.metrics.rejected(reason);
+        }
         log(e, id, peer, &settings);
+    }
+}
+
+impl ConnError {
+    /// The `moat_connections_rejected_total` reason, for errors before forwarding began.
+    fn reason(&self) -> Option<RejectReason> {
+        Some(match self {
+            ConnError::HandshakeTimeout => RejectReason::HandshakeTimeout,
+            ConnError::Refused(r) => *r,
+            // A plaintext client that is not MongoDB, while TLS is required.
+            ConnError::NotMongoDb(_) => RejectReason::TlsRequired,
+            ConnError::NoCertificates | ConnError::Tls(_) => RejectReason::TlsError,
+            ConnError::Upstream(_) => RejectReason::UpstreamUnavailable,
+            ConnError::UntrustedProxyHeader => RejectReason::ProxyHeader,
+            ConnError::Io(_) => return None,
+        })
     }
 }
 
@@ -164,12 +185,25 @@ async fn serve(
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
             let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
+            let started = std::time::Instant::now();
             let accept = TlsAcceptor::from(tls.server.clone()).accept(Prefixed::new(first, tcp));
-            let mut stream = timeout_at(deadline, accept)
+            let handshake = timeout_at(deadline, accept)
                 .await
-                .map_err(|_| ConnError::HandshakeTimeout)?
-                .map_err(ConnError::Tls)?;
+                .map_err(|_| ConnError::HandshakeTimeout)
+                .and_then(|r| r.map_err(ConnError::Tls));
+            let mut stream = match handshake {
+                Ok(s) => s,
+                Err(e) => {
+                    shared
+                        .metrics
+                        .tls_handshake(false, false, started.elapsed());
+                    return Err(e);
+                }
+            };
             let (_, session) = stream.get_ref();
+            shared
+                .metrics
+                .tls_handshake(true, tls::resumed(session), started.elapsed());
             let sni = session.server_name();
             let domain = &tls.resolver.select(sni).name;
             let client = session
@@ -196,18 +230,15 @@ async fn serve(
                 client_subject: client,
             });
             drop(tls);
-            let upstream = connect_upstream(settings).await?;
-            forward(&mut stream, upstream, conn, settings.inspect).await
+            let upstream = connect_upstream(shared, settings).await?;
+            shared.metrics.accepted(transport);
+            forward(&mut stream, upstream, conn, shared, settings.inspect).await
         }
         Action::ForwardPlaintext => {
-            let upstream = connect_upstream(settings).await?;
-            forward(
-                &mut Prefixed::new(first, tcp),
-                upstream,
-                conn,
-                settings.inspect,
-            )
-            .await
+            let upstream = connect_upstream(shared, settings).await?;
+            shared.metrics.accepted(transport);
+            let mut client = Prefixed::new(first, tcp);
+            forward(&mut client, upstream, conn, shared, settings.inspect).await
         }
         Action::ReplyTlsRequired => {
             reply_tls_required(tcp, first, deadline).await?;
@@ -231,16 +262,21 @@ async fn sniff(tcp: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Option<(Vec<
     }
 }
 
-async fn connect_upstream(settings: &Settings) -> Result<Upstream, ConnError> {
-    upstream::connect(&settings.upstream, settings.connect_timeout)
-        .await
-        .map_err(ConnError::Upstream)
+async fn connect_upstream(shared: &Shared, settings: &Settings) -> Result<Upstream, ConnError> {
+    let started = std::time::Instant::now();
+    let r = upstream::connect(&settings.upstream, settings.connect_timeout).await;
+    shared.readiness.record(r.as_ref().map(|_| ()));
+    if r.is_ok() {
+        shared.metrics.upstream_connected(started.elapsed());
+    }
+    r.map_err(ConnError::Upstream)
 }
 
 async fn forward<C>(
     client: &mut C,
     upstream: Upstream,
     conn: &Arc<Conn>,
+    shared: &Shared,
     inspect: bool,
 ) -> Result<(), ConnError>
 where
@@ -248,7 +284,11 @@ where
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
     let tap: proxy::TapSlot<'_> = if inspect {
-        Some(Box::new(InspectTap::new(conn.clone(), conn.remote)))
+        Some(Box::new(InspectTap::new(
+            conn.clone(),
+            conn.remote,
+            &shared.metrics,
+        )))
     } else {
         None
     };

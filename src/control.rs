@@ -185,7 +185,9 @@ impl Control {
         let loaded = tokio::task::spawn_blocking(move || app::load(&path, &resumption))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string());
+        self.shared.metrics.reload(loaded.is_ok());
+        let loaded = loaded?;
         // Egress targets were built by `load`; match them to the running listeners.
         let targets: Vec<(Arc<Egress>, Target)> = loaded
             .config

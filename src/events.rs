@@ -50,6 +50,7 @@ pub mod ids {
     pub const AUTH_SUCCEEDED: u64 = 20250; // mongod: "Authentication succeeded"
     pub const AUTH_FAILED: u64 = 20249; // mongod: "Authentication failed"
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
+    pub const METRICS_LISTENING: u64 = 9_800_032;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -527,5 +528,13 @@ pub fn inspection_stopped(conn: u64, why: &str) {
         c = "NETWORK", id = ids::INSPECTION_STOPPED, ctx = %ConnCtx(conn),
         msg = "Handshake inspection stopped", reason = why,
         "handshake inspection stopped ({why}); bytes keep flowing unparsed"
+    );
+}
+
+pub fn metrics_listening(addr: SocketAddr) {
+    tracing::info!(
+        c = "NETWORK", id = ids::METRICS_LISTENING, ctx = "main", msg = "Metrics listening",
+        address = %addr,
+        "metrics and health on http://{addr}/metrics, /healthz, /readyz"
     );
 }

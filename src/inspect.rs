@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::events;
+use crate::metrics::Metrics;
 use crate::proxy::{Direction, Tap};
 use crate::registry::Conn;
 use crate::wire::framer::{Framer, Stop};
@@ -17,8 +18,9 @@ use crate::wire::message;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The inspection of one connection.
-pub struct InspectTap {
+pub struct InspectTap<'a> {
     conn: Arc<Conn>,
+    metrics: &'a Metrics,
     peer: SocketAddr,
     inspector: Inspector,
     from_client: Framer,
@@ -26,11 +28,12 @@ pub struct InspectTap {
     findings: Vec<Finding>,
 }
 
-impl InspectTap {
-    pub fn new(conn: Arc<Conn>, peer: SocketAddr) -> InspectTap {
+impl<'a> InspectTap<'a> {
+    pub fn new(conn: Arc<Conn>, peer: SocketAddr, metrics: &'a Metrics) -> InspectTap<'a> {
         let subject = conn.tls.get().and_then(|t| t.client_subject.clone());
         InspectTap {
             conn,
+            metrics,
             peer,
             inspector: Inspector::new(subject),
             from_client: Framer::default(),
@@ -52,6 +55,7 @@ impl InspectTap {
                     }
                 }
                 Finding::AuthSucceeded(a) => {
+                    self.metrics.auth(a.mechanism_label(), true);
                     events::auth_succeeded(
                         self.conn.id,
                         self.peer,
@@ -66,22 +70,25 @@ impl InspectTap {
                     auth: a,
                     code_name,
                     errmsg,
-                } => events::auth_failed(
-                    self.conn.id,
-                    self.peer,
-                    &a.mechanism,
-                    &a.user,
-                    &a.db,
-                    a.speculative,
-                    &code_name,
-                    &errmsg,
-                ),
+                } => {
+                    self.metrics.auth(a.mechanism_label(), false);
+                    events::auth_failed(
+                        self.conn.id,
+                        self.peer,
+                        &a.mechanism,
+                        &a.user,
+                        &a.db,
+                        a.speculative,
+                        &code_name,
+                        &errmsg,
+                    )
+                }
             }
         }
     }
 }
 
-impl Tap for InspectTap {
+impl Tap for InspectTap<'_> {
     fn observe(&mut self, dir: Direction, bytes: &[u8]) -> bool {
         let InspectTap {
             inspector,
@@ -93,6 +100,7 @@ impl Tap for InspectTap {
         let client = dir == Direction::ClientToUpstream;
         let framer = if client { from_client } else { from_server };
         let mut stopped: Option<String> = None;
+        let mut unparsed = false;
         let fed = framer.feed(bytes, MAX_MESSAGE, |bytes| match message::parse(bytes) {
             Ok(msg) => {
                 let next = if client {
@@ -110,6 +118,7 @@ impl Tap for InspectTap {
             }
             Err(e) => {
                 stopped = Some(format!("unparseable message: {e}"));
+                unparsed = true;
                 false
             }
         });
@@ -122,9 +131,13 @@ impl Tap for InspectTap {
             }
             Err(Stop::Invalid(why)) => {
                 stopped = Some(format!("not MongoDB messages: {why}"));
+                unparsed = true;
                 false
             }
         };
+        if unparsed {
+            self.metrics.inspection_stopped();
+        }
         if let Some(why) = stopped {
             events::inspection_stopped(self.conn.id, &why);
         }

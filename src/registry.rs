@@ -71,15 +71,19 @@ impl Conn {
     }
 }
 
-/// All open connections.
+/// All open connections, and the bytes of the client connections that have closed.
 pub struct Registry {
     shards: Vec<Mutex<HashMap<u64, Arc<Conn>>>>,
+    closed_in: AtomicU64,
+    closed_out: AtomicU64,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            closed_in: AtomicU64::new(0),
+            closed_out: AtomicU64::new(0),
         }
     }
 }
@@ -110,10 +114,36 @@ impl Registry {
         c
     }
 
+    /// Removes a connection; a client connection's bytes move to the closed totals in the
+    /// same step, so [`Registry::byte_totals`] never counts them twice or not at all.
     pub fn remove(&self, id: u64) {
         if let Ok(mut s) = self.shard(id).lock() {
-            s.remove(&id);
+            if let Some(c) = s.remove(&id) {
+                if c.kind == Kind::Client {
+                    self.closed_in
+                        .fetch_add(c.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
+                    self.closed_out
+                        .fetch_add(c.bytes_out.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
         }
+    }
+
+    /// Bytes copied client → upstream and back by client connections, open and closed.
+    /// Holds every shard while it counts (a scrape, not the data path).
+    pub fn byte_totals(&self) -> (u64, u64) {
+        let guards: Vec<_> = self.shards.iter().filter_map(|s| s.lock().ok()).collect();
+        let (mut i, mut o) = (
+            self.closed_in.load(Ordering::Relaxed),
+            self.closed_out.load(Ordering::Relaxed),
+        );
+        for g in &guards {
+            for c in g.values().filter(|c| c.kind == Kind::Client) {
+                i += c.bytes_in.load(Ordering::Relaxed);
+                o += c.bytes_out.load(Ordering::Relaxed);
+            }
+        }
+        (i, o)
     }
 
     /// Every open connection, oldest first.
@@ -156,5 +186,25 @@ mod tests {
         assert_eq!(c.transport(), None);
         c.set_transport(Transport::Plaintext);
         assert_eq!(c.transport(), Some(Transport::Plaintext));
+    }
+}
+
+#[cfg(test)]
+mod byte_tests {
+    use super::*;
+
+    #[test]
+    fn byte_totals_keep_closed_connections() {
+        let r = Registry::default();
+        let a = "127.0.0.1:1".parse().unwrap();
+        let c = r.insert(1, a, Kind::Client);
+        c.bytes_in.store(10, Ordering::Relaxed);
+        c.bytes_out.store(20, Ordering::Relaxed);
+        let e = r.insert(2, a, Kind::Egress);
+        e.bytes_in.store(1000, Ordering::Relaxed);
+        assert_eq!(r.byte_totals(), (10, 20));
+        r.remove(1);
+        r.remove(2);
+        assert_eq!(r.byte_totals(), (10, 20));
     }
 }

@@ -12,6 +12,7 @@ use crate::conn;
 use crate::conn::normalize_addr;
 use crate::events;
 use crate::firewall::Verdict;
+use crate::policy::RejectReason;
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
 
@@ -33,6 +34,7 @@ pub async fn run(
         let accepted = tokio::select! {
             biased;
             signal = shutdown.requested() => {
+                shared.readiness.shutting_down();
                 events::shutdown_started(signal, shared.open_connections(), shared.settings().shutdown_timeout);
                 break;
             }
@@ -51,6 +53,7 @@ pub async fn run(
         // connections are judged on the client its PROXY header names, in the task.
         let trusted = shared.settings().trusts_proxy(peer.ip());
         if !trusted && shared.firewall().check(peer.ip()) == Verdict::Deny {
+            shared.metrics.rejected(RejectReason::Firewall);
             if shared.refusal_log.allow() {
                 events::refused_firewall(normalize_addr(peer));
             }
@@ -58,6 +61,7 @@ pub async fn run(
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.rejected(RejectReason::Limit);
             events::refused_limit(peer, max);
             drop(tcp);
             continue;

@@ -10,6 +10,8 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use crate::config::{Config, ProxyProtocol, UpstreamAddr};
 use crate::events::LogLimiter;
 use crate::firewall::{normalize, Firewall};
+use crate::health::Readiness;
+use crate::metrics::Metrics;
 use crate::policy::Mode;
 use crate::registry::Registry;
 use crate::tls::TlsState;
@@ -65,6 +67,8 @@ pub struct Shared {
     firewall: ArcSwap<Firewall>,
     /// Refusal lines (firewall, PROXY header) are rate-limited: a flood must not fill the disk.
     pub refusal_log: LogLimiter,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -84,6 +88,8 @@ impl Shared {
             tls: ArcSwapOption::new(tls.map(Arc::new)),
             firewall: ArcSwap::from_pointee(firewall),
             refusal_log: LogLimiter::new(REFUSALS_LOGGED_PER_SECOND),
+            metrics: Metrics::new(),
+            readiness: Readiness::default(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })

@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     let registry = Registry::default();
     let peer = "127.0.0.1:1".parse().unwrap();
     let conn = registry.insert(1, peer, Kind::Client);
-    let mut tap = InspectTap::new(conn, peer);
+    let metrics = moat::metrics::Metrics::new();
+    let mut tap = InspectTap::new(conn, peer, &metrics);
     let mut rest = data;
     while let Some((&b, tail)) = rest.split_first() {
         let n = ((b & 0x7f) as usize * 8 + 1).min(tail.len());

@@ -1,0 +1,307 @@
+//! Prometheus metrics (SPEC's table). Label values come only from closed sets: reject
+//! reasons, transports, modes, mechanisms, and the operator's own domain names.
+//!
+//! Counting is cheap where it happens: counters are resolved to their label children once,
+//! at start, so a count is one atomic add. What can be read off moat's state instead —
+//! bytes, open connections, mode, certificate expiry, rule counts — is computed when
+//! Prometheus scrapes, and costs the data path nothing.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::policy::{Mode, RejectReason, Transport};
+use crate::registry::Kind;
+use crate::state::Shared;
+
+/// Latency buckets for a local proxy: tens of microseconds to seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+const REASONS: [RejectReason; 8] = [
+    RejectReason::Firewall,
+    RejectReason::Limit,
+    RejectReason::TlsRequired,
+    RejectReason::TlsDisabled,
+    RejectReason::HandshakeTimeout,
+    RejectReason::TlsError,
+    RejectReason::ProxyHeader,
+    RejectReason::UpstreamUnavailable,
+];
+
+/// `moat_auth_total` mechanisms.
+pub const MECHANISMS: [&str; 5] = [
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "MONGODB-X509",
+    "PLAIN",
+    "other",
+];
+
+/// The counters and histograms moat updates as things happen.
+pub struct Metrics {
+    registry: Registry,
+    accepted: [IntCounter; 2],
+    rejected: [IntCounter; 8],
+    tls_handshake_seconds: Histogram,
+    /// [result ok/error][resumed false/true]
+    tls_handshakes: [[IntCounter; 2]; 2],
+    upstream_connect_seconds: Histogram,
+    /// [mechanism][result success/failure]
+    auth: [[IntCounter; 2]; 5],
+    reloads: [IntCounter; 2],
+    inspections_stopped: IntCounter,
+}
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Tls => 0,
+        Transport::Plaintext => 1,
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric; label children are created now, so each appears (at 0)
+    /// from the first scrape.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("unique metric name");
+            v
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
+        };
+        let accepted = counter_vec(
+            "moat_connections_accepted_total",
+            "Client connections admitted and forwarded to the upstream, by transport.",
+            &["transport"],
+        );
+        let rejected = counter_vec(
+            "moat_connections_rejected_total",
+            "Client connections refused or closed before forwarding, by reason.",
+            &["reason"],
+        );
+        let handshakes = counter_vec(
+            "moat_tls_handshakes_total",
+            "TLS handshakes with clients, by result and whether a session was resumed.",
+            &["result", "resumed"],
+        );
+        let auth = counter_vec(
+            "moat_auth_total",
+            "Authentications seen in client handshakes, by mechanism and result.",
+            &["mechanism", "result"],
+        );
+        let reloads = counter_vec(
+            "moat_config_reloads_total",
+            "Configuration reloads (SIGHUP or moat ctl reload), by result.",
+            &["result"],
+        );
+        let inspections_stopped = IntCounter::new(
+            "moat_inspections_stopped_total",
+            "Handshake inspections that met a message they could not parse (bytes still flowed).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(inspections_stopped.clone()))
+            .expect("unique metric name");
+        Metrics {
+            accepted: [
+                accepted.with_label_values(&["tls"]),
+                accepted.with_label_values(&["plaintext"]),
+            ],
+            rejected: REASONS.map(|r| rejected.with_label_values(&[r.as_str()])),
+            tls_handshake_seconds: histogram(
+                "moat_tls_handshake_duration_seconds",
+                "Time from a client's first byte to a completed TLS handshake.",
+            ),
+            tls_handshakes: [
+                [
+                    handshakes.with_label_values(&["ok", "false"]),
+                    handshakes.with_label_values(&["ok", "true"]),
+                ],
+                [
+                    handshakes.with_label_values(&["error", "false"]),
+                    handshakes.with_label_values(&["error", "true"]),
+                ],
+            ],
+            upstream_connect_seconds: histogram(
+                "moat_upstream_connect_duration_seconds",
+                "Time to connect to the upstream mongod.",
+            ),
+            auth: MECHANISMS.map(|m| {
+                [
+                    auth.with_label_values(&[m, "success"]),
+                    auth.with_label_values(&[m, "failure"]),
+                ]
+            }),
+            reloads: [
+                reloads.with_label_values(&["ok"]),
+                reloads.with_label_values(&["error"]),
+            ],
+            inspections_stopped,
+            registry,
+        }
+    }
+
+    pub fn accepted(&self, t: Transport) {
+        self.accepted[transport_index(t)].inc();
+    }
+
+    pub fn rejected(&self, r: RejectReason) {
+        if let Some(i) = REASONS.iter().position(|x| *x == r) {
+            self.rejected[i].inc();
+        }
+    }
+
+    pub fn tls_handshake(&self, ok: bool, resumed: bool, took: Duration) {
+        self.tls_handshakes[usize::from(!ok)][usize::from(resumed)].inc();
+        if ok {
+            self.tls_handshake_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn upstream_connected(&self, took: Duration) {
+        self.upstream_connect_seconds.observe(took.as_secs_f64());
+    }
+
+    /// `mechanism` is one of [`MECHANISMS`] (anything else counts as `other`).
+    pub fn auth(&self, mechanism: &str, success: bool) {
+        let m = MECHANISMS.iter().position(|x| *x == mechanism).unwrap_or(4);
+        self.auth[m][usize::from(!success)].inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
+    }
+
+    pub fn inspection_stopped(&self) {
+        self.inspections_stopped.inc();
+    }
+
+    /// The text exposition of every metric, with the ones read off `shared` now.
+    pub fn render(&self, shared: &Shared) -> String {
+        let mut families = self.registry.gather();
+        families.extend(state_metrics(shared));
+        // A family without samples (no certificate yet) would stop the encoder.
+        families.retain(|f| !f.get_metric().is_empty());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Metrics computed from moat's state at scrape time.
+fn state_metrics(shared: &Shared) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::core::Collector;
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+    };
+    let mut out = Vec::new();
+
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "moat_bytes_total",
+            "Bytes copied by client connections, by direction.",
+        ),
+        &["direction"],
+    )
+    .expect("static metric definition");
+    let (up, down) = shared.registry.byte_totals();
+    bytes.with_label_values(&["client_to_upstream"]).inc_by(up);
+    bytes
+        .with_label_values(&["upstream_to_client"])
+        .inc_by(down);
+    out.extend(bytes.collect());
+
+    let open = gauge(
+        "moat_connections_open",
+        "Client connections open now, by transport.",
+        &["transport"],
+    );
+    let conns = shared.registry.snapshot();
+    for t in [Transport::Tls, Transport::Plaintext] {
+        let n = conns
+            .iter()
+            .filter(|c| c.kind == Kind::Client && c.transport() == Some(t))
+            .count();
+        open.with_label_values(&[t.as_str()]).set(n as i64);
+    }
+    out.extend(open.collect());
+
+    let mode = gauge(
+        "moat_tls_mode",
+        "The SSL mode in effect (1) and the others (0).",
+        &["mode"],
+    );
+    let current = shared.mode();
+    for m in Mode::ALL {
+        mode.with_label_values(&[m.as_str()])
+            .set(i64::from(m == current));
+    }
+    out.extend(mode.collect());
+
+    let expiry = gauge(
+        "moat_certificate_expiry_timestamp_seconds",
+        "notAfter of each domain's certificate, Unix seconds.",
+        &["domain"],
+    );
+    if let Some(tls) = shared.tls() {
+        for d in tls.resolver.domains() {
+            if let Some(na) = d.not_after {
+                expiry.with_label_values(&[&d.name]).set(na);
+            }
+        }
+    }
+    out.extend(expiry.collect());
+
+    let rules = gauge("moat_firewall_rules", "Firewall rules, by kind.", &["kind"]);
+    let (cidr, groups, _) = shared.firewall().counts();
+    rules.with_label_values(&["cidr"]).set(cidr as i64);
+    rules
+        .with_label_values(&["security_group"])
+        .set(groups as i64);
+    out.extend(rules.collect());
+
+    let ready = prometheus::IntGauge::new(
+        "moat_upstream_ready",
+        "1 when the upstream answered a connect recently (what /readyz says), else 0.",
+    )
+    .expect("static metric definition");
+    let upstream = shared.settings().upstream.to_string();
+    ready.set(i64::from(shared.readiness.check(&upstream).is_ok()));
+    out.extend(ready.collect());
+
+    let build = gauge(
+        "moat_build_info",
+        "Always 1; the version is the label.",
+        &["version"],
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    out.extend(build.collect());
+    out
+}
