@@ -1,4 +1,4 @@
-//! A MongoDB-speaking load for measuring handshake inspection (benches/inspect_cost.sh):
+//! A MongoDB-speaking load for measuring handshake inspection (benches/feature_cost.sh inspect):
 //! each connection sends a real pymongo 4.20 hello (with client metadata and a speculative
 //! SCRAM saslStart, from tests/fixtures/wire) and then OP_MSG pings, and reads each echo
 //! back from the shared loadgen backend in echo mode, through moat.
@@ -73,7 +73,7 @@ async fn session(target: &str, pings: usize, buf: &mut [u8]) -> std::io::Result<
 fn main() {
     let Some(a) = args() else {
         println!(
-            "wire_load: needs --target HOST:PORT (see benches/inspect_cost.sh); nothing to do"
+            "wire_load: needs --target HOST:PORT (see benches/feature_cost.sh inspect); nothing to do"
         );
         return;
     };

@@ -197,13 +197,8 @@ fn encrypted_key_serves_and_a_wrong_password_fails_check_without_showing_it() {
     std::fs::write(&wrong, "not-the-password\n").unwrap();
     let path = pki.dir.path().join("wrong.toml");
     std::fs::write(&path, cfg(&wrong)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, text) = moat_check(&path);
+    assert_eq!(code, Some(1));
     assert!(
         text.contains("tls.domains[0].key: cannot decrypt"),
         "{text}"
@@ -504,13 +499,8 @@ fn a_chain_in_the_wrong_order_fails_check_and_the_right_order_serves_the_chain()
         path
     };
     let wrong = cfg(&chain(&int, &leaf));
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["check", "--config"])
-        .arg(&wrong)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, err) = moat_check(&wrong);
+    assert_eq!(code, Some(1));
     assert!(err.contains("put the leaf first"), "{err}");
 
     let right = std::fs::read_to_string(cfg(&chain(&leaf, &int))).unwrap();
@@ -533,13 +523,8 @@ fn hostnames_the_certificate_does_not_carry_fail_check() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, err) = moat_check(&path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("tls.domains[0].hostnames[1]: `db9.moat.test` is not among the names in"),
         "{err}"
@@ -580,13 +565,8 @@ fn a_certificate_close_to_expiry_is_warned_about_and_an_expired_one_refused() {
     write(-1);
     let path = dir.path().join("expired.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, err) = moat_check(&path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("tls.domains[0].cert") && err.contains("expired on"),
         "{err}"

@@ -172,13 +172,8 @@ fn security_group_rules_follow_the_inventory_without_a_restart() {
     assert!(allowed("127.0.0.3"), "the last good inventory stays");
 
     // moat check reports a file it cannot use.
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["check", "--config"])
-        .arg(m.config_path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, err) = moat_check(&m.config_path());
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("firewall.security_groups.inventory")
             && err.contains("describe-network-interfaces"),

@@ -722,3 +722,16 @@ pub fn mongosh_ping(uri: &str) -> PyResult {
         ),
     }
 }
+
+/// Runs `moat check --config PATH`: (exit code, stderr).
+pub fn moat_check(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
