@@ -29,6 +29,13 @@ def query_range(prom, expr, start, end, step):
     return data["data"]["result"]
 
 
+def query_instant(prom, expr, at):
+    q = urllib.parse.urlencode({"query": expr, "time": at})
+    with urllib.request.urlopen(f"{prom}/api/v1/query?{q}") as r:
+        data = json.load(r)
+    return data["data"]["result"]
+
+
 def legend(fmt, metric):
     out = fmt or "{{__name__}}"
     for k, v in metric.items():
@@ -49,13 +56,15 @@ def main():
     step = max(1, int(a.minutes * 60 / 120))
     panels = dash["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(18, rows * 0.42), facecolor="#111217")
-    fig.suptitle("moat — " + dash["title"] + " dashboard (queries of deploy/grafana/moat.json, rendered from Prometheus)",
-                 color="#d8d9da", fontsize=13, x=0.01, ha="left")
+    top = 0.965  # room for the title
+    fig = plt.figure(figsize=(18, rows * 0.44), facecolor="#111217")
+    fig.suptitle("moat dashboard: the queries of deploy/grafana/moat.json, from a real Prometheus",
+                 color="#d8d9da", fontsize=13, x=0.01, y=0.995, ha="left")
     for p in panels:
         g = p["gridPos"]
-        ax = fig.add_axes([g["x"] / 24 + 0.005, 1 - (g["y"] + g["h"]) / rows + 0.012,
-                           g["w"] / 24 - 0.01, g["h"] / rows - 0.03], facecolor="#181b1f")
+        x0, w = g["x"] / 24, g["w"] / 24
+        y0, h = top * (1 - (g["y"] + g["h"]) / rows), top * g["h"] / rows
+        ax = fig.add_axes([x0 + 0.035, y0 + 0.025, w - 0.045, h - 0.05], facecolor="#181b1f")
         ax.set_title(p["title"], color="#d8d9da", fontsize=10, loc="left")
         ax.tick_params(colors="#8e8e8e", labelsize=7)
         for s in ax.spines.values():
@@ -64,9 +73,17 @@ def main():
         series = []
         for t in p["targets"]:
             expr = t["expr"].replace('instance=~"$instance"', 'instance=~".*"')
+            if p["type"] in ("stat", "table"):
+                # What the panel shows: the value now.
+                for r in query_instant(a.prometheus, expr, end):
+                    fmt = t.get("legendFormat") or " ".join("{{%s}}" % k for k in r["metric"] if k != "__name__")
+                    series.append((legend(fmt, r["metric"]), [0.0], [float(r["value"][1])]))
+                continue
             for r in query_range(a.prometheus, expr, start, end, step):
                 xs = [float(v[0]) - end for v in r["values"]]
                 ys = [float(v[1]) for v in r["values"]]
+                if p["title"].startswith("Authentications") and max(ys, default=0) == 0:
+                    continue  # keep the legend to what happened
                 series.append((legend(t.get("legendFormat"), r["metric"]), xs, ys))
         if p["type"] in ("stat", "table"):
             ax.set_xticks([])
@@ -98,7 +115,7 @@ def main():
         else:
             ax.text(0.5, 0.5, "no data", color="#8e8e8e", ha="center", va="center", transform=ax.transAxes)
         ax.grid(color="#2c3235", linewidth=0.5)
-    fig.savefig(a.out, dpi=80, facecolor=fig.get_facecolor())
+    fig.savefig(a.out, dpi=72, facecolor=fig.get_facecolor())
     print("wrote", a.out)
 
 
