@@ -7,7 +7,8 @@
 #   benches/feature_cost.sh metrics   # [metrics] on (scraped every second) / off; the
 #                                     # 64-connection latency workload of ../shared/bench
 #
-# Env: LG (loadgen binary), SECS [5], CONNS [16 inspect, 64 metrics], REPEAT [3].
+# Env: LG (loadgen binary), SECS [5], CONNS [16 inspect, 64 metrics], REPEAT [3],
+#      SCRAPE [1] (metrics: 0 = configured but not scraped).
 set -euo pipefail
 feature=${1:?usage: benches/feature_cost.sh inspect|metrics}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,8 +43,13 @@ case $feature in
         on="[metrics]\nlisten = \"127.0.0.1:$mport\"\n"; off=''
         run_load() { # port
             local scraper=
-            if [[ $1 == "${ports[on]}" ]]; then
-                (while :; do curl -s -o /dev/null "http://127.0.0.1:$mport/metrics"; sleep 1; done) & scraper=$!
+            if [[ $1 == "${ports[on]}" && ${SCRAPE:-1} == 1 ]]; then
+                # One keep-alive connection, like Prometheus (a curl per second would cost
+                # this shared box more than the scrape does).
+                python3 -c 'import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+while True:
+    c.request("GET", "/metrics"); c.getresponse().read(); time.sleep(1)' "$mport" & scraper=$!
             fi
             "$LG" latency --plain --target "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS" | tail -1
             [[ -z $scraper ]] || kill "$scraper"
@@ -51,7 +57,10 @@ case $feature in
     *) echo "unknown feature $feature" >&2; exit 2 ;;
 esac
 
-declare -A ports
+# CPU seconds (user + system) moat has used: steadier than req/s on a shared 2-core box.
+cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+declare -A ports mpids
 for side in on off; do
     p=$(port); ports[$side]=$p
     body=${!side}
@@ -59,10 +68,16 @@ for side in on off; do
         "$p" "$bport" > "$tmp/moat-$side.toml"
     printf "$body" >> "$tmp/moat-$side.toml"
     "$root/target/release/moat" run --config "$tmp/moat-$side.toml" > "$tmp/moat-$side.log" 2>&1 & pids+=($!)
+    mpids[$side]=$!
     wait_port "$p"
 done
 for rep in $(seq "$REPEAT"); do
-    for side in on off; do
-        run_load "${ports[$side]}" | sed "s/^/$feature=$side rep=$rep /"
+    # Alternate which side goes first, so drift over the run does not favour one.
+    order="on off"; (( rep % 2 == 0 )) && order="off on"
+    for side in $order; do
+        before=$(cpu "${mpids[$side]}")
+        out=$(run_load "${ports[$side]}")
+        after=$(cpu "${mpids[$side]}")
+        echo "$out" | sed "s/^/$feature=$side rep=$rep moat_cpu_s=$(echo "$after - $before" | bc) /"
     done
 done
