@@ -517,6 +517,93 @@ mod tests {
         assert_eq!(sasl_user("SCRAM-SHA-1", b"garbage"), None);
     }
 
+    /// An OP_MSG with `doc` as its body.
+    fn op_msg(id: i32, response_to: i32, doc: bson::Document) -> Vec<u8> {
+        let mut body = Vec::new();
+        doc.to_writer(&mut body).unwrap();
+        let len = 16 + 5 + body.len();
+        let mut m = Vec::new();
+        for v in [len as i32, id, response_to, 2013] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 0, 0, 0]);
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn x509_principal_is_the_tls_client_subject() {
+        let subject = "CN=alice,O=moat test".to_string();
+        // Explicit authenticate without a user: the certificate names the principal.
+        let mut ins = Inspector::new(Some(subject.clone()));
+        let mut out = Vec::new();
+        let auth = op_msg(
+            1,
+            0,
+            bson::doc! {"authenticate": 1, "mechanism": "MONGODB-X509", "$db": "$external"},
+        );
+        assert_eq!(ins.client(&parse(&auth).unwrap(), &mut out), Next::Continue);
+        let reply = op_msg(
+            2,
+            1,
+            bson::doc! {"dbname": "$external", "user": subject.as_str(), "ok": 1.0},
+        );
+        assert_eq!(
+            ins.server(&parse(&reply).unwrap(), &mut out),
+            Next::Done("authenticated")
+        );
+        let want = Auth {
+            mechanism: "MONGODB-X509".into(),
+            user: subject.clone(),
+            db: "$external".into(),
+            speculative: false,
+        };
+        assert_eq!(out, vec![Finding::AuthSucceeded(want.clone())]);
+
+        // Speculative, inside hello; and a refusal of the explicit command.
+        let mut ins = Inspector::new(Some(subject.clone()));
+        let mut out = Vec::new();
+        let hello = op_msg(
+            1,
+            0,
+            bson::doc! {"hello": 1, "$db": "admin",
+            "speculativeAuthenticate": {"authenticate": 1, "mechanism": "MONGODB-X509", "db": "$external"}},
+        );
+        ins.client(&parse(&hello).unwrap(), &mut out);
+        let reply = op_msg(
+            2,
+            1,
+            bson::doc! {"isWritablePrimary": true, "ok": 1.0,
+            "speculativeAuthenticate": {"dbname": "$external", "user": subject.as_str()}},
+        );
+        assert_eq!(
+            ins.server(&parse(&reply).unwrap(), &mut out),
+            Next::Done("authenticated")
+        );
+        assert_eq!(
+            out,
+            vec![Finding::AuthSucceeded(Auth {
+                speculative: true,
+                ..want.clone()
+            })]
+        );
+
+        let mut ins = Inspector::new(Some(subject));
+        let mut out = Vec::new();
+        ins.client(&parse(&auth).unwrap(), &mut out);
+        let refused = op_msg(
+            2,
+            1,
+            bson::doc! {"ok": 0.0, "code": 18, "codeName": "AuthenticationFailed",
+            "errmsg": "No verified subject name available from client"},
+        );
+        assert_eq!(
+            ins.server(&parse(&refused).unwrap(), &mut out),
+            Next::Done("authentication failed")
+        );
+        assert!(matches!(&out[0], Finding::AuthFailed { auth, .. } if auth.user == want.user));
+    }
+
     #[test]
     fn an_ordinary_first_command_ends_inspection_at_once() {
         let mut m = Vec::new();
