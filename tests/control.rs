@@ -259,6 +259,19 @@ fn egress_port(node: &Moat) -> u16 {
         .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
+/// A node (its own secantusdb + moat in preferSSL) whose mongod reaches `peer` through an
+/// egress listener that trusts `ca`.
+fn egress_node(peer: &Moat, ca: &std::path::Path, pki: &Pki) -> (Mongo, Moat) {
+    let local = Mongo::start();
+    let egress = format!(
+        "{ADMIN}\n[[egress]]\nlisten = \"127.0.0.1:0\"\npeer = \"localhost:{}\"\nca = \"{}\"\n",
+        peer.port(),
+        ca.display()
+    );
+    let node = Moat::start(&config_with(&local.addr(), "preferSSL", pki, "", &egress));
+    (local, node)
+}
+
 #[test]
 fn egress_speaks_tls_in_prefer_ssl_and_plaintext_in_allow_ssl() {
     // Peer: a moat in requireSSL in front of its own secantusdb. Plaintext egress is
@@ -266,19 +279,7 @@ fn egress_speaks_tls_in_prefer_ssl_and_plaintext_in_allow_ssl() {
     let mongo = Mongo::start();
     let pki = Pki::new();
     let peer = Moat::start(&config(&mongo.addr(), "requireSSL", &pki, ""));
-    let local_upstream = Mongo::start();
-    let egress = format!(
-        "{ADMIN}\n[[egress]]\nlisten = \"127.0.0.1:0\"\npeer = \"localhost:{}\"\nca = \"{}\"\n",
-        peer.port(),
-        pki.ca.display()
-    );
-    let node = Moat::start(&config_with(
-        &local_upstream.addr(),
-        "preferSSL",
-        &pki,
-        "",
-        &egress,
-    ));
+    let (_local, node) = egress_node(&peer, &pki.ca, &pki);
     let egress_port = egress_port(&node);
     // mongod dials the egress listener in plaintext, as it would a peer.
     let through = || pymongo(&uri("127.0.0.1", egress_port, ""), &["insert_find"]);
@@ -308,19 +309,7 @@ fn egress_verifies_the_peer_certificate() {
     let pki = Pki::new();
     let other = Pki::new();
     let peer = Moat::start(&config(&mongo.addr(), "preferSSL", &pki, ""));
-    let local_upstream = Mongo::start();
-    let egress = format!(
-        "[[egress]]\nlisten = \"127.0.0.1:0\"\npeer = \"localhost:{}\"\nca = \"{}\"\n",
-        peer.port(),
-        other.ca.display()
-    );
-    let node = Moat::start(&config_with(
-        &local_upstream.addr(),
-        "preferSSL",
-        &pki,
-        "",
-        &egress,
-    ));
+    let (_local, node) = egress_node(&peer, &other.ca, &pki);
     let r = pymongo(&uri("127.0.0.1", egress_port(&node), ""), &["ping"]);
     assert!(!r.ok, "{}", r.out);
     node.lines()

@@ -19,6 +19,12 @@ fn moat_json(mongo: &Mongo, pki: &Pki) -> Moat {
     ))
 }
 
+/// pymongo over TLS as bob/hunter2, a user that does not exist.
+fn wrong_password(moat: &Moat, pki: &Pki) -> PyResult {
+    let opts = format!("&authSource=admin{}", tls_opts(pki));
+    pymongo(&uri("bob:hunter2@localhost", moat.port(), &opts), &["ping"])
+}
+
 #[test]
 fn pymongo_session_is_logged_like_mongod_and_never_shows_the_password() {
     let mongo = Mongo::start_auth();
@@ -53,14 +59,7 @@ fn pymongo_session_is_logged_like_mongod_and_never_shows_the_password() {
     );
     assert!(success.contains(" I ACCESS   [conn"), "{success}");
 
-    let bad = pymongo(
-        &uri(
-            "bob:hunter2@localhost",
-            moat.port(),
-            &format!("&authSource=admin{}", tls_opts(&pki)),
-        ),
-        &["ping"],
-    );
+    let bad = wrong_password(&moat, &pki);
     assert!(!bad.ok);
     let failed = moat
         .lines()
@@ -89,14 +88,7 @@ fn json_lines_carry_mongods_ids_for_the_same_events() {
         &["ping"],
     );
     assert!(ok.ok, "{}", ok.out);
-    let bad = pymongo(
-        &uri(
-            "bob:hunter2@localhost",
-            moat.port(),
-            &format!("&authSource=admin{}", tls_opts(&pki)),
-        ),
-        &["ping"],
-    );
+    let bad = wrong_password(&moat, &pki);
     assert!(!bad.ok);
     moat.lines().wait_for("\"id\":20249", DEADLINE);
     moat.lines().wait_for("\"id\":22944", DEADLINE);
