@@ -54,7 +54,7 @@ pub struct Loaded {
 pub fn load(path: &Path, resumption: &Resumption) -> Result<Loaded, ConfigErrors> {
     let (config, source) = config::load(path)?;
     let upstream = config
-        .upstream_addr(&source.base_dir())
+        .upstream_addr()
         .map_err(|m| source.place(vec![Invalid::new("upstream.address", m)]))?;
     let mut problems = Vec::new();
     let tls = TlsState::build(&config.tls, resumption).unwrap_or_else(|p| {
@@ -212,7 +212,7 @@ async fn serve(
         }
     }
     let metrics_listener = match &loaded.config.metrics {
-        Some(m) => match health::bind(m.listen).await {
+        Some(m) => match TcpListener::bind(m.listen).await {
             Ok(l) => Some((l, m.readiness_interval)),
             Err(e) => {
                 return fail(

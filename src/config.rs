@@ -196,6 +196,9 @@ pub struct UpstreamConfig {
     pub address: String,
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// `address` resolved, once, by validation.
+    #[serde(skip)]
+    resolved: Option<UpstreamAddr>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -481,8 +484,9 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
-        if let Err(msg) = parse_upstream(&self.upstream.address, base) {
-            bad.push(Invalid::new("upstream.address", msg));
+        match parse_upstream(&self.upstream.address, base) {
+            Ok(a) => self.upstream.resolved = Some(a),
+            Err(msg) => bad.push(Invalid::new("upstream.address", msg)),
         }
         self.validate_tls(base, &mut bad);
         self.validate_egress(base, &mut bad);
@@ -671,9 +675,12 @@ impl Config {
         }
     }
 
-    /// The upstream address, resolved (validated already by [`load`]).
-    pub fn upstream_addr(&self, base: &Path) -> Result<UpstreamAddr, String> {
-        parse_upstream(&self.upstream.address, base)
+    /// The upstream address as validation resolved it.
+    pub fn upstream_addr(&self) -> Result<UpstreamAddr, String> {
+        self.upstream
+            .resolved
+            .clone()
+            .ok_or_else(|| format!("`{}` was not resolved", self.upstream.address))
     }
 }
 

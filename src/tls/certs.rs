@@ -258,13 +258,6 @@ pub fn covers(cert_name: &str, hostname: &str) -> bool {
     }
 }
 
-/// A certificate's notAfter as Unix seconds.
-pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    x509_parser::parse_x509_certificate(cert)
-        .ok()
-        .map(|(_, c)| c.validity().not_after.timestamp())
-}
-
 /// The subject of a certificate as mongod writes X.509 user names (RFC 2253: most
 /// specific first, `CN=alice,OU=apps,O=Example`).
 pub fn subject_rfc2253(cert: &CertificateDer<'_>) -> Option<String> {
