@@ -648,3 +648,95 @@ fn certs_cli_issues_from_the_dev_ca_and_makes_a_csr_openssl_accepts() {
         .unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("DNS:db1.moat.test"));
 }
+
+/// Runs `openssl s_client` until it has saved the session the server offers (TLS 1.3 sends
+/// its tickets after the handshake, so stdin stays open until the file is written).
+fn openssl_save_session(addr: std::net::SocketAddr, ca: &Path, sess: &Path, extra: &[&str]) {
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(ca)
+        .arg("-sess_out")
+        .arg(sess)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::fs::metadata(sess).map_or(true, |m| m.len() == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl saved no session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(child.stdin.take());
+    child.wait().unwrap();
+}
+
+/// Connects with the session saved in `sess`; s_client's output (it says `Reused,` or `New,`).
+fn openssl_resume(addr: std::net::SocketAddr, sess: &Path, version: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", "localhost", "-sess_in"])
+        .arg(sess)
+        .arg(version)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_session_from_before_client_certificates_became_required_does_not_resume() {
+    let mongo = Mongo::start();
+    let pki = Pki::new();
+    let cp = client_pki(pki.dir.path());
+    let moat = Moat::start(&config_with(&mongo.addr(), "preferSSL", &pki, "", ADMIN));
+    let versions = ["-tls1_3", "-tls1_2"];
+    let session = |v: &str| pki.dir.path().join(format!("session{v}.pem"));
+    for v in versions {
+        openssl_save_session(moat.addr, &pki.ca, &session(v), &[v]);
+        let out = openssl_resume(moat.addr, &session(v), v);
+        assert!(
+            out.contains("Reused,"),
+            "{v}: resumes while the policy is unchanged: {out}"
+        );
+    }
+
+    // Tighten: client certificates become required.
+    let text = std::fs::read_to_string(moat.config_path())
+        .unwrap()
+        .replace(
+            "[tls]\n",
+            &format!(
+                "[tls]\nclient_certificates = \"required\"\nclient_ca = \"{}\"\n",
+                cp.ca.display()
+            ),
+        );
+    std::fs::write(moat.config_path(), text).unwrap();
+    assert_eq!(moat.ctl(&["reload"]).0, 0);
+
+    for (i, v) in versions.into_iter().enumerate() {
+        let out = openssl_resume(moat.addr, &session(v), v);
+        assert!(
+            !out.contains("Reused,"),
+            "{v}: a session from before the change must not resume: {out}"
+        );
+        moat.lines()
+            .wait_for_nth("TLS handshake failed", i + 1, DEADLINE);
+    }
+    // A client with a certificate still gets in.
+    let with = tls_client(&pki.ca, Some((&cp.cert, &cp.key)));
+    let mut s = tls_connect_with(moat.addr, &with, "localhost").unwrap();
+    hello_over(&mut s, 1);
+}

@@ -6,9 +6,10 @@
 pub mod certs;
 pub mod sni;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{
     ProducesTickets, ServerConnection, ServerSessionMemoryCache, StoresServerSessions,
@@ -25,18 +26,60 @@ const SESSION_CACHE: usize = 4096;
 
 /// Resumption state that outlives configuration reloads, so rotating a certificate does
 /// not force every reconnecting client through a full handshake.
+///
+/// A resumed session skips client authentication, so resumption must never grant what a
+/// full handshake would now refuse: the ticket key and the session cache are tied to the
+/// client-auth policy (`client_certificates` and the exact CA certificates) they were issued
+/// under, and replaced whenever that policy changes. Clones share the state.
 #[derive(Clone)]
-pub struct Resumption {
+pub struct Resumption(Arc<Mutex<Keys>>);
+
+struct Keys {
+    /// The policy the ticketer and cache serve; `None` until the first build.
+    policy: Option<ClientAuthPolicy>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
 }
 
+/// What decides whether a client certificate is needed: compared exactly, not hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientAuthPolicy {
+    mode: ClientCertificates,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+/// A ticket key and a session cache: together, what lets a client resume.
+type SessionKeys = (Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>);
+
+fn fresh_keys() -> Result<SessionKeys, rustls::Error> {
+    Ok((
+        rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        ServerSessionMemoryCache::new(SESSION_CACHE),
+    ))
+}
+
 impl Resumption {
     pub fn new() -> Result<Resumption, rustls::Error> {
-        Ok(Resumption {
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
-        })
+        let (ticketer, sessions) = fresh_keys()?;
+        Ok(Resumption(Arc::new(Mutex::new(Keys {
+            policy: None,
+            ticketer,
+            sessions,
+        }))))
+    }
+
+    /// The ticketer and session cache for `policy`: the ones in use while the policy is
+    /// unchanged, new ones (so every earlier ticket and session id is void) when it changed.
+    fn for_policy(&self, policy: ClientAuthPolicy) -> Result<SessionKeys, rustls::Error> {
+        let mut keys = self
+            .0
+            .lock()
+            .map_err(|_| rustls::Error::General("resumption state poisoned".into()))?;
+        if keys.policy.as_ref().is_some_and(|p| *p != policy) {
+            (keys.ticketer, keys.sessions) = fresh_keys()?;
+        }
+        keys.policy = Some(policy);
+        Ok((keys.ticketer.clone(), keys.sessions.clone()))
     }
 }
 
@@ -149,7 +192,7 @@ impl TlsState {
             ));
             return Err(bad);
         };
-        let (true, Ok(verifier)) = (bad.is_empty(), verifier) else {
+        let (true, Ok((verifier, policy))) = (bad.is_empty(), verifier) else {
             return Err(bad);
         };
         let resolver = Arc::new(SniResolver::new(domains, default));
@@ -162,8 +205,9 @@ impl TlsState {
             .map_err(|e| vec![Invalid::new("tls.min_version", e.to_string())])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver.clone());
-        server.ticketer = resumption.ticketer.clone();
-        server.session_storage = resumption.sessions.clone();
+        (server.ticketer, server.session_storage) = resumption
+            .for_policy(policy)
+            .map_err(|e| vec![Invalid::new("tls", format!("TLS session keys: {e}"))])?;
         Ok(Some(TlsState {
             server: Arc::new(server),
             resolver,
@@ -186,13 +230,20 @@ impl TlsState {
     }
 }
 
-/// The client-certificate verifier for `[tls] client_certificates`.
+/// The client-certificate verifier for `[tls] client_certificates`, and the policy it
+/// enforces (which resumption must not outlive).
 fn client_verifier(
     cfg: &TlsConfig,
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, Invalid> {
+) -> Result<(Arc<dyn ClientCertVerifier>, ClientAuthPolicy), Invalid> {
     let ca = match (cfg.client_certificates, &cfg.client_ca) {
-        (ClientCertificates::None, _) => return Ok(WebPkiClientVerifier::no_client_auth()),
+        (ClientCertificates::None, _) => {
+            let policy = ClientAuthPolicy {
+                mode: ClientCertificates::None,
+                roots: Vec::new(),
+            };
+            return Ok((WebPkiClientVerifier::no_client_auth(), policy));
+        }
         (_, Some(ca)) => ca,
         (_, None) => {
             return Err(Invalid::new(
@@ -201,10 +252,11 @@ fn client_verifier(
             ))
         }
     };
+    let chain = certs::load_chain(ca).map_err(|m| Invalid::new("tls.client_ca", m))?;
     let mut roots = RootCertStore::empty();
-    for c in certs::load_chain(ca).map_err(|m| Invalid::new("tls.client_ca", m))? {
+    for c in &chain {
         roots
-            .add(c)
+            .add(c.clone())
             .map_err(|e| Invalid::new("tls.client_ca", format!("{}: {e}", ca.display())))?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
@@ -213,9 +265,14 @@ fn client_verifier(
     } else {
         builder
     };
-    builder
+    let verifier = builder
         .build()
-        .map_err(|e| Invalid::new("tls.client_ca", format!("{}: {e}", ca.display())))
+        .map_err(|e| Invalid::new("tls.client_ca", format!("{}: {e}", ca.display())))?;
+    let policy = ClientAuthPolicy {
+        mode: cfg.client_certificates,
+        roots: chain,
+    };
+    Ok((verifier, policy))
 }
 
 /// "TLS 1.3" for logs.
@@ -253,4 +310,56 @@ pub fn explain(e: &std::io::Error) -> String {
         _ => "",
     };
     format!("{e}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: ClientCertificates, roots: &[&[u8]]) -> ClientAuthPolicy {
+        ClientAuthPolicy {
+            mode,
+            roots: roots
+                .iter()
+                .map(|r| CertificateDer::from(r.to_vec()))
+                .collect(),
+        }
+    }
+
+    fn same(a: &Arc<dyn ProducesTickets>, b: &Arc<dyn ProducesTickets>) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+    }
+
+    #[test]
+    fn tickets_survive_reloads_that_keep_the_client_auth_policy() {
+        let r = Resumption::new().unwrap();
+        let (t1, s1) = r.for_policy(policy(ClientCertificates::None, &[])).unwrap();
+        let (t2, s2) = r.for_policy(policy(ClientCertificates::None, &[])).unwrap();
+        assert!(same(&t1, &t2));
+        assert!(std::ptr::addr_eq(Arc::as_ptr(&s1), Arc::as_ptr(&s2)));
+    }
+
+    #[test]
+    fn a_tightened_policy_or_another_ca_voids_every_ticket() {
+        let r = Resumption::new().unwrap();
+        let (none, _) = r.for_policy(policy(ClientCertificates::None, &[])).unwrap();
+        let (required, _) = r
+            .for_policy(policy(ClientCertificates::Required, &[b"ca-1"]))
+            .unwrap();
+        assert!(!same(&none, &required), "none -> required");
+        let (other_ca, _) = r
+            .for_policy(policy(ClientCertificates::Required, &[b"ca-2"]))
+            .unwrap();
+        assert!(!same(&required, &other_ca), "the CA changed");
+        let (again, _) = r
+            .for_policy(policy(ClientCertificates::Required, &[b"ca-2"]))
+            .unwrap();
+        assert!(same(&other_ca, &again));
+        // A clone shares the state: the control plane's reloads see the start's keys.
+        let (cloned, _) = r
+            .clone()
+            .for_policy(policy(ClientCertificates::Required, &[b"ca-2"]))
+            .unwrap();
+        assert!(same(&again, &cloned));
+    }
 }
