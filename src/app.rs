@@ -80,6 +80,14 @@ pub fn load(path: &Path, resumption: &Resumption) -> Result<Loaded, ConfigErrors
     })
 }
 
+/// The config's warnings, placed at file:line:col.
+pub fn warnings(l: &Loaded) -> Vec<crate::error::ConfigError> {
+    if l.config.warnings.is_empty() {
+        return Vec::new();
+    }
+    l.source.place(l.config.warnings.clone()).0
+}
+
 fn resumption() -> Result<Resumption, ExitCode> {
     Resumption::new().map_err(|e| {
         eprintln!("moat: TLS setup failed: {e}");
@@ -132,6 +140,9 @@ fn check(path: &Path) -> ExitCode {
     if fw.default_policy() == DefaultPolicy::Deny && cidr + groups == 0 {
         println!("warning: default deny and no firewall rules: every connection would be refused");
     }
+    for w in warnings(&l) {
+        println!("warning: {w}");
+    }
     ExitCode::SUCCESS
 }
 
@@ -180,6 +191,9 @@ async fn serve(
     resumption: Resumption,
     log: telemetry::LogHandle,
 ) -> ExitCode {
+    for w in warnings(&loaded) {
+        events::config_warning(&w);
+    }
     let file = loaded.source.path.clone();
     let addr = loaded.config.listen.address;
     let listener = match bind(addr) {

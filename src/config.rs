@@ -33,6 +33,10 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// What validation found worth saying but not refusing (e.g. overlapping rules), by
+    /// key path; `moat check` prints them and `run` logs them.
+    #[serde(skip)]
+    pub warnings: Vec<Invalid>,
 }
 
 /// `[[egress]]`: a local listener the node's own mongod dials instead of a replica-set
@@ -469,21 +473,7 @@ impl Config {
     /// hostnames. Returns every problem found.
     fn validate(&mut self, base: &Path) -> Vec<Invalid> {
         let mut bad = Vec::new();
-        if self.listen.max_connections == 0 {
-            bad.push(Invalid::new("listen.max_connections", "must be at least 1"));
-        }
-        if self.listen.handshake_timeout.is_zero() {
-            bad.push(Invalid::new(
-                "listen.handshake_timeout",
-                "must be longer than 0s",
-            ));
-        }
-        if self.upstream.connect_timeout.is_zero() {
-            bad.push(Invalid::new(
-                "upstream.connect_timeout",
-                "must be longer than 0s",
-            ));
-        }
+        self.validate_ranges(&mut bad);
         match parse_upstream(&self.upstream.address, base) {
             Ok(a) => self.upstream.resolved = Some(a),
             Err(msg) => bad.push(Invalid::new("upstream.address", msg)),
@@ -514,6 +504,50 @@ impl Config {
             ));
         }
         bad
+    }
+
+    /// Every duration and count has a range (README, "Limits"): a value outside it would
+    /// panic, spin or overflow at run time, so it is refused here, at file:line:col.
+    fn validate_ranges(&self, bad: &mut Vec<Invalid>) {
+        let l = &self.listen;
+        count(
+            bad,
+            "listen.max_connections",
+            l.max_connections,
+            MAX_CONNECTIONS,
+        );
+        duration_in(
+            bad,
+            "listen.handshake_timeout",
+            l.handshake_timeout,
+            HANDSHAKE_TIMEOUT,
+        );
+        duration_in(
+            bad,
+            "listen.shutdown_timeout",
+            l.shutdown_timeout,
+            SHUTDOWN_TIMEOUT,
+        );
+        let connect = self.upstream.connect_timeout;
+        duration_in(bad, "upstream.connect_timeout", connect, CONNECT_TIMEOUT);
+        if let Some(m) = &self.metrics {
+            let interval = m.readiness_interval;
+            duration_in(
+                bad,
+                "metrics.readiness_interval",
+                interval,
+                READINESS_INTERVAL,
+            );
+        }
+        if let Some(sg) = &self.firewall.security_groups {
+            let refresh = sg.refresh;
+            duration_in(
+                bad,
+                "firewall.security_groups.refresh",
+                refresh,
+                INVENTORY_REFRESH,
+            );
+        }
     }
 
     fn validate_tls(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
@@ -612,24 +646,20 @@ impl Config {
             ));
         }
         let fw = &mut self.firewall;
-        let mut seen: Vec<(Rule, usize)> = Vec::new();
+        let mut rules = Vec::with_capacity(fw.rules.len());
         for (i, r) in fw.rules.iter().enumerate() {
             match r.to_rule() {
                 Err(m) => bad.push(Invalid::new(format!("firewall.rules[{i}]"), m)),
-                Ok(rule) => {
-                    if let Some((_, j)) = seen.iter().find(|(s, _)| s.source == rule.source) {
-                        bad.push(Invalid::new(
-                            format!("firewall.rules[{i}]"),
-                            format!("{} is already allowed by firewall.rules[{j}]", rule.source),
-                        ));
-                    }
-                    seen.push((rule, i));
-                }
+                Ok(rule) => rules.push((i, rule)),
             }
         }
-        let has_groups = seen
+        let parsed: Vec<Rule> = rules.iter().map(|(_, r)| r.clone()).collect();
+        if let Some(w) = overlap_warning(&parsed, |k| rules[k].0) {
+            self.warnings.push(w);
+        }
+        let has_groups = parsed
             .iter()
-            .any(|(r, _)| matches!(r.source, firewall::Source::SecurityGroup { .. }));
+            .any(|r| matches!(r.source, firewall::Source::SecurityGroup { .. }));
         match &mut fw.security_groups {
             Some(sg) => sg.inventory = base.join(&sg.inventory),
             None if has_groups => bad.push(Invalid::new(
@@ -682,6 +712,88 @@ impl Config {
             .clone()
             .ok_or_else(|| format!("`{}` was not resolved", self.upstream.address))
     }
+}
+
+/// `listen.max_connections`: each connection holds two descriptors.
+pub const MAX_CONNECTIONS: (usize, usize) = (1, 1_000_000);
+/// `listen.handshake_timeout`.
+pub const HANDSHAKE_TIMEOUT: (Duration, Duration) = (ms(100), secs(3600));
+/// `listen.shutdown_timeout`: 0 closes at once.
+pub const SHUTDOWN_TIMEOUT: (Duration, Duration) = (secs(0), secs(3600));
+/// `upstream.connect_timeout`.
+pub const CONNECT_TIMEOUT: (Duration, Duration) = (ms(10), secs(600));
+/// `metrics.readiness_interval`.
+pub const READINESS_INTERVAL: (Duration, Duration) = (ms(100), secs(3600));
+/// `firewall.security_groups.refresh`.
+pub const INVENTORY_REFRESH: (Duration, Duration) = (ms(100), secs(86_400));
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn duration_in(bad: &mut Vec<Invalid>, key: &str, d: Duration, (min, max): (Duration, Duration)) {
+    if d < min || d > max {
+        bad.push(Invalid::new(
+            key,
+            format!(
+                "{} is out of range: use {} to {}",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+}
+
+fn count(bad: &mut Vec<Invalid>, key: &str, n: usize, (min, max): (usize, usize)) {
+    if n < min || n > max {
+        bad.push(Invalid::new(
+            key,
+            format!("{n} is out of range: use {min} to {max}"),
+        ));
+    }
+}
+
+/// Overlaps named in a warning before the rest are only counted.
+const OVERLAPS_NAMED: usize = 3;
+
+/// One warning for every rule already covered by another (`index` maps a position in
+/// `rules` to its index in the file), placed at the first of them.
+fn overlap_warning(rules: &[Rule], index: impl Fn(usize) -> usize) -> Option<Invalid> {
+    let found = firewall::overlaps(rules);
+    let first = found.first()?;
+    let named: Vec<String> = found
+        .iter()
+        .take(OVERLAPS_NAMED)
+        .map(|o| {
+            format!(
+                "firewall.rules[{}] ({}) is covered by firewall.rules[{}] ({})",
+                index(o.rule),
+                rules[o.rule].source,
+                index(o.covered_by),
+                rules[o.covered_by].source
+            )
+        })
+        .collect();
+    let more = found.len().saturating_sub(OVERLAPS_NAMED);
+    let more = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    Some(Invalid::new(
+        format!("firewall.rules[{}]", index(first.rule)),
+        format!(
+            "{} rule{} already covered by other rules (harmless: merged when compiled): {}{more}",
+            found.len(),
+            if found.len() == 1 { " is" } else { "s are" },
+            named.join("; ")
+        ),
+    ))
 }
 
 fn names(domains: &[DomainConfig]) -> String {

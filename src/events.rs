@@ -51,6 +51,7 @@ pub mod ids {
     pub const AUTH_FAILED: u64 = 20249; // mongod: "Authentication failed"
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
     pub const METRICS_LISTENING: u64 = 9_800_032;
+    pub const CONFIG_WARNING: u64 = 9_800_033;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -536,5 +537,14 @@ pub fn metrics_listening(addr: SocketAddr) {
         c = "NETWORK", id = ids::METRICS_LISTENING, ctx = "main", msg = "Metrics listening",
         address = %addr,
         "metrics and health on http://{addr}/metrics, /healthz, /readyz"
+    );
+}
+
+/// Something in the config worth fixing that does not stop moat (e.g. overlapping rules).
+pub fn config_warning(what: &dyn fmt::Display) {
+    tracing::warn!(
+        c = "CONTROL", id = ids::CONFIG_WARNING, ctx = "main", msg = "Configuration warning",
+        warning = %what,
+        "configuration warning: {what}"
     );
 }

@@ -5,11 +5,12 @@
 //! contributes one host prefix per address the inventory lists for it. A lookup is a trie
 //! walk of at most 32 or 128 levels, whatever the number of rules.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use prefix_trie::PrefixSet;
+use prefix_trie::{PrefixMap, PrefixSet};
 use serde::Serialize;
 
 use crate::inventory::Inventory;
@@ -206,6 +207,70 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A rule that adds nothing: another rule already allows its whole source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlap {
+    /// Index of the redundant rule.
+    pub rule: usize,
+    /// Index of a rule that covers it (the same source, or a wider network).
+    pub covered_by: usize,
+}
+
+/// The rules already covered by another one: a duplicate source, or a network inside a
+/// wider one (a /24 in a /16). Harmless, and normal in a large exported inventory, so
+/// they are reported, not refused. O(n log n): networks are visited widest first and each
+/// is looked up before it is added.
+pub fn overlaps(rules: &[Rule]) -> Vec<Overlap> {
+    let mut found = Vec::new();
+    let mut cidrs: Vec<(usize, IpNet)> = Vec::new();
+    let mut groups: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        match &r.source {
+            Source::Cidr(n) => cidrs.push((i, *n)),
+            Source::SecurityGroup { group, account } => {
+                if let Some(&j) = groups.get(&(account.as_str(), group.as_str())) {
+                    found.push(Overlap {
+                        rule: i,
+                        covered_by: j,
+                    });
+                } else {
+                    groups.insert((account.as_str(), group.as_str()), i);
+                }
+            }
+        }
+    }
+    // Stable: of two equal networks, the one written first is the cover.
+    cidrs.sort_by_key(|(_, n)| n.prefix_len());
+    let mut v4: PrefixMap<Ipv4Net, usize> = PrefixMap::new();
+    let mut v6: PrefixMap<Ipv6Net, usize> = PrefixMap::new();
+    for (i, net) in cidrs {
+        let cover = match net {
+            IpNet::V4(n) => match v4.get_lpm(&n) {
+                Some((_, j)) => Some(*j),
+                None => {
+                    v4.insert(n, i);
+                    None
+                }
+            },
+            IpNet::V6(n) => match v6.get_lpm(&n) {
+                Some((_, j)) => Some(*j),
+                None => {
+                    v6.insert(n, i);
+                    None
+                }
+            },
+        };
+        if let Some(j) = cover {
+            found.push(Overlap {
+                rule: i,
+                covered_by: j,
+            });
+        }
+    }
+    found.sort_by_key(|o| o.rule);
+    found
+}
+
 /// The firewall's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -224,28 +289,35 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Compiles `rules`, resolving security groups through `inventory`.
+    /// Compiles `rules`, resolving security groups through `inventory`. Networks already
+    /// covered by a wider one are merged away: they would only add nodes to the tries.
     pub fn build(default: DefaultPolicy, rules: Vec<Rule>, inventory: &Inventory) -> Firewall {
-        let mut v4 = PrefixSet::new();
-        let mut v6 = PrefixSet::new();
-        let mut insert = |net: IpNet| match net {
-            IpNet::V4(n) => {
-                v4.insert(n);
-            }
-            IpNet::V6(n) => {
-                v6.insert(n);
-            }
-        };
+        let mut nets: Vec<IpNet> = Vec::with_capacity(rules.len());
         let mut sg_addresses = 0;
         for r in &rules {
             match &r.source {
-                Source::Cidr(n) => insert(*n),
+                Source::Cidr(n) => nets.push(*n),
                 Source::SecurityGroup { group, account } => {
                     for ip in inventory.addresses(account, group) {
-                        insert(IpNet::from(normalize(*ip)));
+                        nets.push(IpNet::from(normalize(*ip)));
                         sg_addresses += 1;
                     }
                 }
+            }
+        }
+        // Widest first, so a covered network meets its cover already in the trie.
+        nets.sort_unstable_by_key(|n| n.prefix_len());
+        let mut v4 = PrefixSet::new();
+        let mut v6 = PrefixSet::new();
+        for net in nets {
+            match net {
+                IpNet::V4(n) if v4.get_lpm(&n).is_none() => {
+                    v4.insert(n);
+                }
+                IpNet::V6(n) if v6.get_lpm(&n).is_none() => {
+                    v6.insert(n);
+                }
+                _ => {}
             }
         }
         Firewall {
@@ -378,6 +450,59 @@ mod tests {
         assert!(Rule::parse(None, Some("sg-0a1b2c3d"), None, "d").is_err());
         assert!(Rule::parse(Some("10.0.0.0/8"), None, None, " ").is_err());
         assert!(Rule::parse(Some("10.0.0.0/8"), Some("sg-0a1b2c3d"), None, "d").is_err());
+    }
+
+    #[test]
+    fn duplicates_and_networks_inside_wider_ones_are_overlaps_not_errors() {
+        let sg = |g: &str| Rule::parse(None, Some(g), Some("123456789012"), "apps").unwrap();
+        let rules = vec![
+            cidr("10.1.2.0/24"),  // 0: inside rule 1, written before it
+            cidr("10.0.0.0/8"),   // 1
+            cidr("192.0.2.0/24"), // 2
+            cidr("192.0.2.0/24"), // 3: duplicate of 2
+            cidr("2001:db8::/32"),
+            cidr("2001:db8:1::/48"), // 5: inside 4
+            cidr("10.0.0.0/8"),      // 6: duplicate of 1
+            sg("sg-0a1b2c3d"),
+            sg("sg-0a1b2c3d"), // 8: duplicate of 7
+            cidr("172.16.0.0/12"),
+        ];
+        let o = |rule, covered_by| Overlap { rule, covered_by };
+        assert_eq!(
+            overlaps(&rules),
+            vec![o(0, 1), o(3, 2), o(5, 4), o(6, 1), o(8, 7)]
+        );
+        // Merged when compiling: every source still allowed, nothing else.
+        let f = fw(rules);
+        for a in [
+            "10.1.2.3",
+            "10.200.0.1",
+            "192.0.2.9",
+            "2001:db8:1::1",
+            "172.16.5.5",
+        ] {
+            assert_eq!(f.check(ip(a)), Verdict::Allow, "{a}");
+        }
+        assert_eq!(f.check(ip("11.0.0.1")), Verdict::Deny);
+        assert_eq!(f.v4.iter().count(), 3, "10/8, 192.0.2/24, 172.16/12");
+    }
+
+    #[test]
+    fn overlaps_among_100k_rules_are_all_found() {
+        // 100k rules as an exported inventory has them: 65,536 inside a later /8.
+        let mut rules: Vec<Rule> = (0..100_000u32)
+            .map(|i| {
+                cidr(&format!(
+                    "{}.{}.{}.0/24",
+                    10 + (i >> 16),
+                    (i >> 8) & 255,
+                    i & 255
+                ))
+            })
+            .collect();
+        rules.push(cidr("10.0.0.0/8"));
+        let found = overlaps(&rules);
+        assert_eq!(found.len(), 65_536);
     }
 
     #[test]
