@@ -139,17 +139,13 @@ impl Control {
                 return Err(ModeError::PlaintextOpen(open));
             }
         }
-        if persist {
-            let path = self.config_path.clone();
-            let saved = tokio::task::spawn_blocking(move || {
-                persist::edit(&path, |d| {
-                    persist::set_value(d, "tls", "mode", mode.as_str().into())
-                })
-            })
-            .await
-            .unwrap_or_else(|e| Err(PersistError::Edit(e.to_string())));
-            saved.map_err(ModeError::Persist)?;
-        }
+        let warning = if persist {
+            self.persist(move |d| persist::set_value(d, "tls", "mode", mode.as_str().into()))
+                .await
+                .map_err(ModeError::Persist)?
+        } else {
+            None
+        };
         let start = Instant::now();
         self.shared.set_mode(mode);
         let applied = start.elapsed();
@@ -159,13 +155,16 @@ impl Control {
             "moat ctl, not saved: a restart or reload returns to the file's mode"
         };
         events::mode_changed(previous, mode, how);
-        Ok(json!({
-            "ok": true,
-            "mode": mode.as_str(),
-            "previous": previous.as_str(),
-            "persisted": persist,
-            "applied_in_us": applied.as_micros() as u64,
-        }))
+        Ok(with_warning(
+            json!({
+                "ok": true,
+                "mode": mode.as_str(),
+                "previous": previous.as_str(),
+                "persisted": persist,
+                "applied_in_us": applied.as_micros() as u64,
+            }),
+            warning,
+        ))
     }
 
     fn plaintext_clients(&self) -> Vec<Arc<Conn>> {
@@ -188,6 +187,9 @@ impl Control {
             .map_err(|e| e.to_string());
         self.shared.metrics.reload(loaded.is_ok());
         let loaded = loaded?;
+        for w in app::warnings(&loaded) {
+            events::config_warning(&w);
+        }
         // Egress targets were built by `load`; match them to the running listeners.
         let targets: Vec<(Arc<Egress>, Target)> = loaded
             .config
@@ -326,15 +328,18 @@ impl Control {
     pub async fn rules_add(&self, rule: Rule, persist: bool) -> Result<Value, String> {
         let view = rule.view();
         let saved = rule.clone();
-        self.edit_rules(
-            move |plane| plane.add(rule),
-            persist.then_some(move |doc: &mut toml_edit::DocumentMut, _: &[Rule]| {
-                rules::add_in(doc, &saved)
-            }),
-            &format!("added {} {} ({})", view.id, view.value, view.description),
-        )
-        .await?;
-        Ok(json!({"ok": true, "rule": view, "persisted": persist}))
+        let warning = self
+            .edit_rules(
+                move |plane| plane.add(rule),
+                persist
+                    .then_some(move |doc: &mut toml_edit::DocumentMut| rules::add_in(doc, &saved)),
+                &format!("added {} {} ({})", view.id, view.value, view.description),
+            )
+            .await?;
+        Ok(with_warning(
+            json!({"ok": true, "rule": view, "persisted": persist}),
+            warning,
+        ))
     }
 
     /// `rules.remove`.
@@ -348,15 +353,19 @@ impl Control {
             .cloned()
             .ok_or_else(|| format!("no rule has id `{id}` (see moat ctl rules list)"))?;
         let view = rule.view();
-        self.edit_rules(
-            move |plane| plane.remove(&id).map(|_| ()),
-            persist.then_some(move |doc: &mut toml_edit::DocumentMut, _: &[Rule]| {
-                rules::remove_in(doc, &rule)
-            }),
-            &format!("removed {} {} ({})", view.id, view.value, view.description),
-        )
-        .await?;
-        Ok(json!({"ok": true, "removed": view, "persisted": persist}))
+        let warning = self
+            .edit_rules(
+                move |plane| plane.remove(&id).map(|_| ()),
+                persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
+                    rules::remove_in(doc, &rule)
+                }),
+                &format!("removed {} {} ({})", view.id, view.value, view.description),
+            )
+            .await?;
+        Ok(with_warning(
+            json!({"ok": true, "removed": view, "persisted": persist}),
+            warning,
+        ))
     }
 
     /// `rules.copy`: merges (or with `replace`, substitutes) another deployment's rules.
@@ -369,6 +378,7 @@ impl Control {
         let incoming = tokio::task::spawn_blocking(move || rules::read_rules_file(&from))
             .await
             .map_err(|e| e.to_string())??;
+        let for_file = incoming.clone();
         let counts = Arc::new(std::sync::Mutex::new((0, 0, 0)));
         let c = counts.clone();
         let edit = move |plane: &mut FirewallPlane| {
@@ -378,53 +388,78 @@ impl Control {
             }
             Ok(())
         };
-        // The file's rules are rewritten from the merged list, so it matches what runs.
-        let write = persist.then_some(rules::replace_in);
+        // The file is merged on its own terms: rules written into it by hand since start
+        // stay (unless `replace` asks for exactly the copied set).
+        let write = persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
+            if replace {
+                rules::replace_in(doc, &for_file)
+            } else {
+                for_file.iter().try_for_each(|r| rules::add_in(doc, r))
+            }
+        });
         let what = if replace {
             "rules replaced by a copy"
         } else {
             "rules merged from a copy"
         };
-        self.edit_rules(edit, write, what).await?;
+        let warning = self.edit_rules(edit, write, what).await?;
         let (added, skipped, removed) = counts.lock().map(|c| *c).unwrap_or_default();
-        Ok(
+        Ok(with_warning(
             json!({"ok": true, "added": added, "skipped": skipped, "removed": removed, "persisted": persist}),
-        )
+            warning,
+        ))
     }
 
     /// Applies `edit` to the plane, writes the change into the config file with `write`
-    /// (given the resulting rules; only when persisting), then compiles and swaps in the
-    /// new firewall. If writing fails, nothing changes.
-    async fn edit_rules<E, W>(&self, edit: E, write: Option<W>, what: &str) -> Result<(), String>
+    /// (only when persisting), then compiles and swaps in the new firewall. If writing
+    /// fails, nothing changes, in the file or in the running moat. Returns a warning when
+    /// the write may not be durable.
+    async fn edit_rules<E, W>(
+        &self,
+        edit: E,
+        write: Option<W>,
+        what: &str,
+    ) -> Result<Option<String>, String>
     where
         E: FnOnce(&mut FirewallPlane) -> Result<(), String>,
-        W: FnOnce(&mut toml_edit::DocumentMut, &[Rule]) -> Result<(), String> + Send + 'static,
+        W: FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String> + Send + 'static,
     {
         let mut plane = self.plane.lock().await;
         let before = plane.rules.clone();
         edit(&mut plane)?;
+        let mut warning = None;
         if let Some(write) = write {
-            let rules = plane.rules.clone();
-            if let Err(e) = self.persist(move |doc| write(doc, &rules)).await {
-                plane.rules = before;
-                return Err(e);
+            match self.persist(write).await {
+                Ok(w) => warning = w,
+                Err(e) => {
+                    plane.rules = before;
+                    return Err(format!(
+                        "rules not changed: {e}; the running firewall is unchanged"
+                    ));
+                }
             }
         }
         self.shared
             .set_firewall(tokio::task::block_in_place(|| plane.compile()));
         events::rules_changed(what, plane.rules.len());
-        Ok(())
+        Ok(warning)
     }
 
-    async fn persist<W>(&self, write: W) -> Result<(), String>
+    /// Edits the config file; a write that may not be durable is logged and returned as a
+    /// warning for the reply.
+    async fn persist<W>(&self, write: W) -> Result<Option<String>, PersistError>
     where
         W: FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String> + Send + 'static,
     {
         let path = self.config_path.clone();
-        tokio::task::spawn_blocking(move || persist::edit(&path, write))
+        let saved = tokio::task::spawn_blocking(move || persist::edit(&path, write))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("not changed: {e}"))
+            .unwrap_or_else(|e| Err(PersistError::Edit(e.to_string())))?;
+        let warning = saved.warning(&self.config_path);
+        if let Some(w) = &warning {
+            events::config_warning(w);
+        }
+        Ok(warning)
     }
 
     /// Re-reads the security-group inventory if its file changed; returns how long to wait
@@ -476,6 +511,14 @@ pub fn warn_expiring(shared: &Shared) {
             events::certificate_expiring(name, days, &crate::tls::date(not_after));
         }
     }
+}
+
+/// `reply` with `"warning": w` added when there is one.
+fn with_warning(mut reply: Value, warning: Option<String>) -> Value {
+    if let Some(w) = warning {
+        reply["warning"] = Value::String(w);
+    }
+    reply
 }
 
 /// One connection as the admin protocol shows it (stable keys).

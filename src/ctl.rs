@@ -48,6 +48,9 @@ pub fn main(args: CtlArgs) -> ExitCode {
             eprint!("{}", connections_table(conns));
         }
     }
+    if let Some(w) = reply.get("warning").and_then(Value::as_str) {
+        eprintln!("moat ctl: warning: {w}");
+    }
     if ok {
         ExitCode::SUCCESS
     } else {

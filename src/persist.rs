@@ -3,32 +3,59 @@
 //!
 //! The file is re-read at each change and only the changed key is edited (toml_edit keeps
 //! every comment and the layout), so an operator's edits made since start are merged, not
-//! overwritten. The new file is written next to the old one, fsynced, and renamed over it:
-//! a crash leaves either the old file or the new one, never half of one.
+//! overwritten. The new file is written next to the old one under a random name (created
+//! `O_EXCL | O_NOFOLLOW`, so nothing planted at that path is followed or reused), given the
+//! old file's owner, group and mode, fsynced, and renamed over it: a crash leaves either the
+//! old file or the new one, never half of one.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use toml_edit::{DocumentMut, Item, Table, Value};
 
-/// Why a change could not be written.
+/// Why a change could not be written. In every case the file on disk is unchanged.
 #[derive(Debug, Error)]
 pub enum PersistError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source}; the file is unchanged")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path} is no longer valid TOML ({message}); fix it or use --no-persist")]
+    #[error("{path} is no longer valid TOML ({message}); fix it or use --no-persist; the file is unchanged")]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write {path}: {source} (use --no-persist to change memory only)")]
+    #[error("cannot write {path}: {source} (use --no-persist to change memory only); the file is unchanged")]
     Write { path: PathBuf, source: io::Error },
-    #[error("{0}")]
+    #[error("{0}; the file is unchanged")]
     Edit(String),
 }
 
+/// What a successful edit did to the file.
+#[derive(Debug)]
+pub enum Saved {
+    /// The document already said so: nothing was written.
+    Unchanged,
+    /// Written and durable.
+    Written,
+    /// Written (the new file is in place), but syncing its directory failed, so the rename
+    /// may not survive a power loss.
+    NotDurable(io::Error),
+}
+
+impl Saved {
+    /// A note for the operator when the write is not known to be durable.
+    pub fn warning(&self, path: &Path) -> Option<String> {
+        match self {
+            Saved::NotDurable(e) => Some(format!(
+                "{} was replaced, but syncing its directory failed ({e}): the change is in the file and applied, but may not survive a power loss",
+                path.display()
+            )),
+            Saved::Unchanged | Saved::Written => None,
+        }
+    }
+}
+
 /// Applies `edit` to the config file at `path` and replaces the file atomically.
-pub fn edit<F>(path: &Path, edit: F) -> Result<(), PersistError>
+pub fn edit<F>(path: &Path, edit: F) -> Result<Saved, PersistError>
 where
     F: FnOnce(&mut DocumentMut) -> Result<(), String>,
 {
@@ -50,7 +77,7 @@ where
     edit(&mut doc).map_err(PersistError::Edit)?;
     let new = doc.to_string();
     if new == text {
-        return Ok(());
+        return Ok(Saved::Unchanged);
     }
     write_atomic(&real, new.as_bytes()).map_err(|source| PersistError::Write {
         path: real.clone(),
@@ -88,33 +115,69 @@ pub fn set_value(
     Ok(())
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Attempts at a fresh temporary name before giving up (each is 64 random bits).
+const TEMP_ATTEMPTS: usize = 8;
+
+/// Replaces `path` with `data`. An error means the file is unchanged; a failure after the
+/// rename (the directory sync) is [`Saved::NotDurable`], not an error.
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<Saved> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.moat-{}.tmp", std::process::id()));
-    let mode = fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o600);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename itself is durable once the directory is synced.
-        fs::File::open(dir)?.sync_all()
+    let old = fs::metadata(path)?;
+    let (mut file, tmp) = create_temp(dir, &name)?;
+    let written = (|| {
+        // The owner, group and mode of the file it replaces, whatever the umask (a systemd
+        // unit's UMask=0077 would otherwise turn 0640 into 0600). Changing the owner needs
+        // privilege; as the owner itself, keeping the group is what can be done.
+        if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
+            if e.kind() != io::ErrorKind::PermissionDenied {
+                return Err(e);
+            }
+            let _ = std::os::unix::fs::fchown(&file, None, Some(old.gid()));
+        }
+        file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
     })();
-    if result.is_err() {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    drop(file);
+    // The rename itself is durable once the directory is synced.
+    match fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(Saved::Written),
+        Err(e) => Ok(Saved::NotDurable(e)),
+    }
+}
+
+/// A new file `.{name}.{random}.tmp` in `dir`, created exclusively, never through a link.
+fn create_temp(dir: &Path, name: &str) -> io::Result<(fs::File, PathBuf)> {
+    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    let mut last = io::Error::other("no attempt made");
+    for _ in 0..TEMP_ATTEMPTS {
+        let mut r = [0u8; 8];
+        random
+            .fill(&mut r)
+            .map_err(|_| io::Error::other("no randomness for a temporary file name"))?;
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", u64::from_le_bytes(r)));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -178,6 +241,61 @@ default_domain = "d"
         edit(&p, |d| set_value(d, "tls", "mode", "preferSSL".into())).unwrap();
         let after = fs::read_to_string(&p).unwrap();
         assert!(after.contains("0.0.0.0:27017") && after.contains(r#"mode = "preferSSL""#));
+    }
+
+    #[test]
+    fn a_link_planted_at_the_old_predictable_temp_name_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("moat.toml");
+        fs::write(&p, CONFIG).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        // Where moat used to write its temp file: `.moat.toml.moat-<pid>.tmp`.
+        let planted = dir
+            .path()
+            .join(format!(".moat.toml.moat-{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        edit(&p, |d| set_value(d, "tls", "mode", "disabled".into())).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(fs::read_to_string(&p)
+            .unwrap()
+            .contains(r#"mode = "disabled""#));
+    }
+
+    #[test]
+    fn the_mode_survives_a_strict_umask_and_the_owner_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("moat.toml");
+        fs::write(&p, CONFIG).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        // SAFETY: umask only swaps the process file-creation mask (restored below).
+        let old = unsafe { libc::umask(0o077) };
+        let r = edit(&p, |d| set_value(d, "tls", "mode", "disabled".into()));
+        unsafe { libc::umask(old) };
+        r.unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped the owner half: changing a file's owner needs root");
+            return;
+        }
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        edit(&p, |d| set_value(d, "tls", "mode", "allowSSL".into())).unwrap();
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+
+    #[test]
+    fn a_write_that_may_not_be_durable_says_so() {
+        let e = io::Error::other("EIO");
+        let w = Saved::NotDurable(e)
+            .warning(Path::new("/etc/moat.toml"))
+            .unwrap();
+        assert!(
+            w.contains("/etc/moat.toml was replaced") && w.contains("power loss"),
+            "{w}"
+        );
+        assert!(Saved::Written.warning(Path::new("x")).is_none());
     }
 
     #[test]

@@ -134,14 +134,16 @@ impl FirewallPlane {
         Ok(())
     }
 
-    /// Removes the rule with this id.
+    /// Removes the rule with this id (every copy of it: the file may list a source twice).
     pub fn remove(&mut self, id: &str) -> Result<Rule, String> {
         let i = self
             .rules
             .iter()
             .position(|r| r.id == id)
             .ok_or_else(|| format!("no rule has id `{id}` (see moat ctl rules list)"))?;
-        Ok(self.rules.remove(i))
+        let removed = self.rules.remove(i);
+        self.rules.retain(|r| r.id != id);
+        Ok(removed)
     }
 
     /// Merges `rules` (skipping sources already allowed), or replaces every rule with them.
@@ -246,34 +248,33 @@ fn rules_array(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, String> {
         })
 }
 
-/// Appends a rule to the config document.
+/// Whether a `[[firewall.rules]]` table allows `rule`'s source.
+fn same_source(t: &Table, rule: &Rule) -> bool {
+    let text = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Rule::parse(
+        text("cidr").as_deref(),
+        text("security_group").as_deref(),
+        text("account").as_deref(),
+        "-",
+    )
+    .is_ok_and(|r| r.source == rule.source)
+}
+
+/// Appends a rule to the config document, unless the file already has one for the same
+/// source (written there by hand since start, say).
 pub fn add_in(doc: &mut DocumentMut, rule: &Rule) -> Result<(), String> {
-    rules_array(doc)?.push(rule_table(rule));
+    let arr = rules_array(doc)?;
+    if !arr.iter().any(|t| same_source(t, rule)) {
+        arr.push(rule_table(rule));
+    }
     Ok(())
 }
 
-/// Removes the rule with the same source from the config document (other rules and
-/// their comments stay as they are).
+/// Removes every rule with the same source from the config document (other rules and
+/// their comments stay as they are). Already gone (edited by hand): nothing to write.
 pub fn remove_in(doc: &mut DocumentMut, rule: &Rule) -> Result<(), String> {
-    let arr = rules_array(doc)?;
-    let text = |t: &Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let pos = arr.iter().position(|t| {
-        Rule::parse(
-            text(t, "cidr").as_deref(),
-            text(t, "security_group").as_deref(),
-            text(t, "account").as_deref(),
-            "-",
-        )
-        .is_ok_and(|r| r.source == rule.source)
-    });
-    match pos {
-        Some(i) => {
-            arr.remove(i);
-            Ok(())
-        }
-        // Already gone from the file (edited by hand): nothing to write.
-        None => Ok(()),
-    }
+    rules_array(doc)?.retain(|t| !same_source(t, rule));
+    Ok(())
 }
 
 /// Replaces every rule in the config document.
@@ -334,6 +335,24 @@ mod tests {
         assert!(doc
             .to_string()
             .ends_with("[[firewall.rules]]\ncidr = \"10.0.0.0/8\"\ndescription = \"vpc\"\n"));
+    }
+
+    #[test]
+    fn a_rule_already_in_the_file_is_not_written_twice_and_removal_takes_every_copy() {
+        let src = "[[firewall.rules]]\ncidr = \"10.0.0.0/8\"\ndescription = \"by hand\"\n";
+        let mut doc: DocumentMut = src.parse().unwrap();
+        add_in(&mut doc, &cidr("10.0.0.0/8", "from ctl")).unwrap();
+        assert_eq!(doc.to_string(), src, "the hand-written rule stays, once");
+        add_in(&mut doc, &cidr("192.0.2.0/24", "new")).unwrap();
+        rules_array(&mut doc)
+            .unwrap()
+            .push(rule_table(&cidr("10.0.0.0/8", "again")));
+        remove_in(&mut doc, &cidr("10.0.0.0/8", "x")).unwrap();
+        let out = doc.to_string();
+        assert!(
+            !out.contains("10.0.0.0/8") && out.contains("192.0.2.0/24"),
+            "{out}"
+        );
     }
 
     #[test]

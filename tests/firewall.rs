@@ -447,3 +447,57 @@ fn pymongo_from_an_allowed_source_works_and_from_another_is_refused() {
     m.lines()
         .wait_for("connection refused from 127.0.0.3:", DEADLINE);
 }
+
+#[test]
+fn rule_edits_merge_with_what_was_written_into_the_file_by_hand() {
+    let up = Recorder::start();
+    let m = moat(
+        &up.addr.to_string(),
+        "127.0.0.1:0",
+        "",
+        &rule("127.0.0.2/32"),
+    );
+    let append = |text: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.config_path())
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let occurrences = |needle: &str| {
+        std::fs::read_to_string(m.config_path())
+            .unwrap()
+            .matches(needle)
+            .count()
+    };
+    // The operator writes a rule by hand; moat has not reloaded. Adding the same rule with
+    // ctl applies it and leaves the file valid, with the rule once.
+    append(&rule("127.0.0.3/32"));
+    let (code, out, err) = m.ctl(&[
+        "rules",
+        "add",
+        "--cidr",
+        "127.0.0.3/32",
+        "--description",
+        "ctl",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(occurrences("cidr = \"127.0.0.3/32\""), 1);
+    let (code, err) = moat_check(&m.config_path());
+    assert_eq!(code, Some(0), "the file still loads: {err}");
+
+    // A hand-written rule survives a merge copy from another deployment.
+    append(&rule("127.0.0.4/32"));
+    let other = tempdir();
+    let other_cfg = other.path().join("other.toml");
+    std::fs::write(&other_cfg, rule("127.0.0.5/32")).unwrap();
+    let (code, out, err) = m.ctl(&["rules", "copy", "--from", other_cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        occurrences("cidr = \"127.0.0.4/32\""),
+        1,
+        "the hand-written rule stays"
+    );
+    assert_eq!(occurrences("cidr = \"127.0.0.5/32\""), 1);
+    assert_eq!(moat_check(&m.config_path()).0, Some(0));
+}
