@@ -51,6 +51,7 @@ pub mod ids {
     pub const AUTH_FAILED: u64 = 20249; // mongod: "Authentication failed"
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
     pub const METRICS_LISTENING: u64 = 9_800_032;
+    pub const LOG_LINES_DROPPED: u64 = 9_800_050;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -536,5 +537,17 @@ pub fn metrics_listening(addr: SocketAddr) {
         c = "NETWORK", id = ids::METRICS_LISTENING, ctx = "main", msg = "Metrics listening",
         address = %addr,
         "metrics and health on http://{addr}/metrics, /healthz, /readyz"
+    );
+}
+
+/// Written by the log writer once stdout has caught up after lines were dropped.
+pub fn log_lines_dropped(n: u64) {
+    tracing::warn!(
+        c = "CONTROL",
+        id = ids::LOG_LINES_DROPPED,
+        ctx = "log",
+        msg = "Log lines dropped",
+        count = n,
+        "{n} log lines dropped (stdout was not keeping up)"
     );
 }
