@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cli::{CtlArgs, CtlCommand, ModeAction, RulesAction};
+use crate::telemetry::escape_controls;
 
 /// How long to wait for a reply (a reload re-reads every certificate).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,10 +40,12 @@ pub fn main(args: CtlArgs) -> ExitCode {
     } else {
         eprintln!(
             "moat ctl: {}",
-            reply
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("request failed")
+            escape_controls(
+                reply
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("request failed")
+            )
         );
         if let Some(conns) = reply.get("plaintext_connections").and_then(Value::as_array) {
             eprint!("{}", connections_table(conns));
@@ -369,10 +372,15 @@ fn connections_table(conns: &[Value]) -> String {
     format!("{}{} connection(s)\n", table(&head, &rows), rows.len())
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Cells can hold what clients sent (driver, app,
+/// user, SNI): their control characters are escaped so they cannot drive the terminal.
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_controls(c).into_owned()).collect())
+        .collect();
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
@@ -389,7 +397,7 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
         l.trim_end().to_string() + "\n"
     };
     let mut out = line(head.to_vec());
-    for r in rows {
+    for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
@@ -444,6 +452,26 @@ mod tests {
     fn tables_align_columns() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn client_strings_in_the_connections_table_cannot_drive_the_terminal() {
+        let conns = [json!({
+            "id": 7, "remote": "10.0.0.5:5000", "kind": "client", "transport": "tls",
+            "sni": "db\u{1b}]0;owned\u{7}", "domain": "default",
+            "driver": "evil\n7  10.0.0.6:1  tls  root", "app": "a\u{9b}2J", "user": "x\ry@admin",
+        })];
+        let t = connections_table(&conns);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        for want in [
+            "db\\x1b]0;owned\\x07/default",
+            "evil\\n7  10.0.0.6:1  tls  root",
+            "a\\u{9b}2J",
+            "x\\ry@admin",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
     }
 
     #[test]

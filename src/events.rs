@@ -52,6 +52,7 @@ pub mod ids {
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
     pub const METRICS_LISTENING: u64 = 9_800_032;
     pub const CONFIG_WARNING: u64 = 9_800_033;
+    pub const LOG_LINES_DROPPED: u64 = 9_800_050;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -546,5 +547,17 @@ pub fn config_warning(what: &dyn fmt::Display) {
         c = "CONTROL", id = ids::CONFIG_WARNING, ctx = "main", msg = "Configuration warning",
         warning = %what,
         "configuration warning: {what}"
+    );
+}
+
+/// Written by the log writer once stdout has caught up after lines were dropped.
+pub fn log_lines_dropped(n: u64) {
+    tracing::warn!(
+        c = "CONTROL",
+        id = ids::LOG_LINES_DROPPED,
+        ctx = "log",
+        msg = "Log lines dropped",
+        count = n,
+        "{n} log lines dropped (stdout was not keeping up)"
     );
 }

@@ -296,6 +296,14 @@ fn state_metrics(shared: &Shared) -> Vec<prometheus::proto::MetricFamily> {
     ready.set(i64::from(shared.readiness.check(&upstream).is_ok()));
     out.extend(ready.collect());
 
+    let log_dropped = prometheus::IntCounter::new(
+        "moat_log_lines_dropped_total",
+        "Log lines dropped because stdout was not keeping up (logging never waits for it).",
+    )
+    .expect("static metric definition");
+    log_dropped.inc_by(crate::telemetry::lines_dropped());
+    out.extend(log_dropped.collect());
+
     let build = gauge(
         "moat_build_info",
         "Always 1; the version is the label.",

@@ -4,8 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -231,4 +234,257 @@ fn inspection_can_be_turned_off() {
     moat.lines().wait_for("end connection", DEADLINE);
     assert_eq!(moat.lines().count("client metadata"), 0);
     assert_eq!(moat.lines().count("authenticated"), 0);
+}
+
+/// `s` percent-encoded for the user part of a MongoDB URI.
+fn uri_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A user name that carries a forged success line, an ESC sequence (clear screen) and a C1
+/// CSI (U+009B).
+const FORGED_USER: &str = "x\n2026-01-01T00:00:00.000+0000 I ACCESS   [conn9] Successfully authenticated as principal root on admin from client 10.0.0.1:5000\u{1b}[2J\u{9b}1m";
+
+#[test]
+fn a_user_name_cannot_forge_log_lines_or_reach_the_terminal_raw() {
+    let mongo = Mongo::start_auth();
+    let pki = Pki::new();
+    let text = Moat::start(&config(&mongo.addr(), "preferSSL", &pki, ""));
+    let json = moat_json(&mongo, &pki);
+    for m in [&text, &json] {
+        let creds = format!("{}:pw@localhost", uri_escape(FORGED_USER));
+        let r = pymongo(&uri(&creds, m.port(), "&authSource=admin"), &["ping"]);
+        assert!(!r.ok, "{}", r.out);
+    }
+
+    let failed = text
+        .lines()
+        .wait_for("authentication failed for x", DEADLINE);
+    text.lines().wait_for("end connection", DEADLINE);
+    assert!(
+        failed.contains(
+            "authentication failed for x\\n2026-01-01T00:00:00.000+0000 I ACCESS   [conn9] \
+             Successfully authenticated as principal root on admin from client 10.0.0.1:5000\
+             \\x1b[2J\\u{9b}1m on admin from client 127.0.0.1:"
+        ),
+        "{failed}"
+    );
+    for l in text.lines().all() {
+        assert!(!l.starts_with("2026-01-01T"), "a forged line: {l}");
+        assert!(
+            !l.chars().any(char::is_control),
+            "a raw control character: {l:?}"
+        );
+    }
+
+    json.lines().wait_for("\"id\":20249", DEADLINE);
+    json.lines().wait_for("\"id\":22944", DEADLINE);
+    for l in json.lines().all() {
+        assert!(
+            !l.chars().any(char::is_control),
+            "a raw control character: {l:?}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        if v["id"] == 20249 {
+            assert_eq!(v["attr"]["principalName"], FORGED_USER, "{l}");
+        }
+    }
+}
+
+#[test]
+fn plain_over_tls_sends_the_password_and_it_never_reaches_the_log() {
+    const PASSWORD: &str = "plain-pw-7Qx2";
+    let mongo = Mongo::start_auth();
+    let pki = Pki::new();
+    let moat = Moat::start(&config_with(
+        &mongo.addr(),
+        "requireSSL",
+        &pki,
+        "",
+        "[log]\nlevel = \"debug\"\n",
+    ));
+    // secantusdb refuses PLAIN; the saslStart with `\0carol\0PASSWORD` still goes through
+    // moat's inspector.
+    let r = pymongo(
+        &uri(
+            &format!("carol:{PASSWORD}@localhost"),
+            moat.port(),
+            &format!(
+                "&authMechanism=PLAIN&authSource=$external{}",
+                tls_opts(&pki)
+            ),
+        ),
+        &["ping"],
+    );
+    assert!(!r.ok, "{}", r.out);
+    // The inspector read the PLAIN payload: the user name comes from nowhere else.
+    let failed = moat
+        .lines()
+        .wait_for("SASL PLAIN authentication failed for carol", DEADLINE);
+    moat.lines().wait_for("end connection", DEADLINE);
+    assert!(moat.lines().count(" D1 ") > 0, "debug lines are written");
+    for l in moat.lines().all() {
+        assert!(!l.contains(PASSWORD), "the password leaked: {l}");
+    }
+    assert!(
+        failed.contains(" I ACCESS   [conn")
+            && failed.contains(" for carol on $external from client 127.0.0.1:"),
+        "{failed}"
+    );
+}
+
+/// moat with its stdout going to a pipe the test reads only when it chooses.
+struct Unread {
+    child: Child,
+    /// Unread until the test takes it.
+    stdout: Option<BufReader<ChildStdout>>,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Unread {
+    /// Reads stdout up to the metrics line (both addresses are known then), then stops.
+    fn start(config: &str) -> Unread {
+        let dir = tempdir();
+        let path = dir.path().join("moat.toml");
+        std::fs::write(&path, format!("{config}{ALLOW_LOOPBACK}")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let after = |l: &str, p: &str| -> Option<SocketAddr> {
+            l.split(p).nth(1)?.split([' ', '/']).next()?.parse().ok()
+        };
+        let (mut addr, mut metrics) = (None, None);
+        let mut line = String::new();
+        while metrics.is_none() {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "moat exited");
+            addr = addr.or_else(|| after(&line, "waiting for connections on "));
+            metrics = after(&line, "metrics and health on http://");
+        }
+        Unread {
+            child,
+            stdout: Some(stdout),
+            addr: addr.expect("the listening line comes first"),
+            metrics: metrics.unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
+/// `GET /metrics`: the value of `name`, if exported.
+fn metric(addr: SocketAddr, name: &str) -> std::io::Result<Option<f64>> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()))
+}
+
+/// A connection that is reset as soon as it is made: moat logs it accepted, reset and
+/// ended, and nothing reaches the upstream.
+fn connect_and_reset(addr: SocketAddr) -> std::io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    // RST instead of FIN: no TIME_WAIT, so tens of thousands fit in the port range.
+    s.set_linger(Some(Duration::ZERO))?;
+    Ok(())
+}
+
+#[test]
+fn a_stdout_nobody_reads_never_stalls_connections() {
+    // The old writer queued 65,536 lines before it blocked every logging task, the new one
+    // 4 MiB: this many connections (about 3 lines each) fill either one several times.
+    const MAX_CONNECTIONS: usize = 40_000;
+    let mongo = Mongo::start();
+    let pki = Pki::new();
+    let mut moat = Unread::start(&config_with(
+        &mongo.addr(),
+        "preferSSL",
+        &pki,
+        "",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    ));
+    const DROPPED: &str = "moat_log_lines_dropped_total";
+    let stalled = |made: usize, e: std::io::Error| -> ! {
+        panic!("moat stopped answering after {made} connections ({e}): logging stalled it")
+    };
+    let mut made = 0;
+    while made < MAX_CONNECTIONS {
+        connect_and_reset(moat.addr).unwrap_or_else(|e| stalled(made, e));
+        made += 1;
+        if made % 1000 == 0
+            && metric(moat.metrics, DROPPED).unwrap_or_else(|e| stalled(made, e)) > Some(0.0)
+        {
+            break;
+        }
+    }
+
+    // Connections are served promptly while stdout is still stuck.
+    let mut s = tcp(moat.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(hello_round_trip(&mut s, 1).get_f64("ok").unwrap(), 1.0);
+    let started = Instant::now();
+    let r = pymongo(&uri("localhost", moat.addr.port(), ""), &["ping"]);
+    assert!(r.ok, "{}", r.out);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let dropped = metric(moat.metrics, DROPPED).unwrap().unwrap();
+    assert!(dropped > 0.0, "{made} connections and no line dropped");
+
+    // Once stdout is read again, one line says how many were dropped.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = moat.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("log lines dropped") {
+                let _ = tx.send(line.clone());
+            }
+            line.clear();
+        }
+    });
+    let line = rx
+        .recv_timeout(DEADLINE)
+        .expect("a line about the dropped lines");
+    let n: u64 = line
+        .split(" W CONTROL  [log] ")
+        .nth(1)
+        .and_then(|l| l.strip_suffix(" log lines dropped (stdout was not keeping up)\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    // The writer was stuck since the pipe filled, so this first report holds every drop so far.
+    let total = metric(moat.metrics, DROPPED).unwrap().unwrap();
+    assert!(
+        dropped <= n as f64 && n as f64 <= total,
+        "{dropped} <= {n} <= {total}"
+    );
 }
