@@ -227,7 +227,7 @@ async fn serve(
     }
     let metrics_listener = match &loaded.config.metrics {
         Some(m) => match TcpListener::bind(m.listen).await {
-            Ok(l) => Some((l, m.readiness_interval)),
+            Ok(l) => Some((l, m.readiness_interval, m.allow_nets())),
             Err(e) => {
                 return fail(
                     &file,
@@ -303,9 +303,9 @@ async fn serve(
     if let Some(l) = admin_listener {
         tokio::spawn(admin::serve(l, control.clone(), shutdown.clone()));
     }
-    if let Some((l, interval)) = metrics_listener {
+    if let Some((l, interval, allow)) = metrics_listener {
         events::metrics_listening(l.local_addr().unwrap_or(addr));
-        tokio::spawn(health::serve(l, shared.clone()));
+        tokio::spawn(health::serve(l, shared.clone(), allow));
         tokio::spawn(health::probe_upstream(shared.clone(), interval));
     }
     tokio::spawn(reload_on_sighup(control.clone()));

@@ -145,6 +145,19 @@ pub struct MetricsConfig {
     /// How often moat connects to the upstream itself when no client did (for /readyz).
     #[serde(default = "default_readiness_interval", deserialize_with = "duration")]
     pub readiness_interval: Duration,
+    /// Sources (CIDRs) that get an HTTP answer; anyone else is closed at accept. Without
+    /// it, anyone who can reach `listen`.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+}
+
+impl MetricsConfig {
+    /// `allow`, parsed (validated already by [`load`]); `None` = any source.
+    pub fn allow_nets(&self) -> Option<Vec<ipnet::IpNet>> {
+        self.allow
+            .as_ref()
+            .map(|a| a.iter().filter_map(|c| parse_cidr(c).ok()).collect())
+    }
 }
 
 fn default_readiness_interval() -> Duration {
@@ -481,6 +494,9 @@ impl Config {
         self.validate_tls(base, &mut bad);
         self.validate_egress(base, &mut bad);
         self.validate_firewall(base, &mut bad);
+        if let Some(allow) = self.metrics.as_ref().and_then(|m| m.allow.as_ref()) {
+            validate_metrics_allow(allow, &mut bad);
+        }
         if let Some(sock) = &mut self.admin.socket {
             *sock = base.join(&*sock);
             // sun_path holds 108 bytes including the terminating NUL.
@@ -933,4 +949,18 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+fn validate_metrics_allow(allow: &[String], bad: &mut Vec<Invalid>) {
+    if allow.is_empty() {
+        bad.push(Invalid::new(
+            "metrics.allow",
+            "lists no source, so nobody could reach the endpoint: list CIDRs (e.g. [\"10.0.0.0/16\"]) or remove the key to allow any source",
+        ));
+    }
+    for (i, c) in allow.iter().enumerate() {
+        if let Err(m) = parse_cidr(c) {
+            bad.push(Invalid::new(format!("metrics.allow[{i}]"), m));
+        }
+    }
 }

@@ -53,6 +53,9 @@ pub mod ids {
     pub const METRICS_LISTENING: u64 = 9_800_032;
     pub const CONFIG_WARNING: u64 = 9_800_033;
     pub const LOG_LINES_DROPPED: u64 = 9_800_050;
+    pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
+    pub const METRICS_LIMIT: u64 = 9_800_071;
+    pub const METRICS_WRITE_TIMEOUT: u64 = 9_800_072;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -559,5 +562,33 @@ pub fn log_lines_dropped(n: u64) {
         msg = "Log lines dropped",
         count = n,
         "{n} log lines dropped (stdout was not keeping up)"
+    );
+}
+
+pub fn metrics_refused_not_allowed(peer: SocketAddr) {
+    tracing::info!(
+        c = "ACCESS", id = ids::METRICS_NOT_ALLOWED, ctx = "metrics",
+        msg = "Metrics connection refused: source not allowed",
+        remote = %peer, reason = "not_allowed",
+        "metrics connection refused from {peer}: not in [metrics] allow"
+    );
+}
+
+pub fn metrics_refused_limit(peer: SocketAddr, max: usize) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::METRICS_LIMIT, ctx = "metrics",
+        msg = "Metrics connection refused: limit reached",
+        remote = %peer, reason = "limit", maxConnections = max as u64,
+        "metrics connection refused from {peer}: {max} metrics connections already open"
+    );
+}
+
+pub fn metrics_write_timeout(peer: SocketAddr, timeout: Duration) {
+    tracing::info!(
+        c = "NETWORK", id = ids::METRICS_WRITE_TIMEOUT, ctx = "metrics",
+        msg = "Closing metrics connection: response not read",
+        remote = %peer, reason = "write_timeout", timeoutMillis = timeout.as_millis() as u64,
+        "closing metrics connection from {peer}: it did not take its response within {}",
+        humantime::format_duration(timeout)
     );
 }

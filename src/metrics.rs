@@ -2,9 +2,10 @@
 //! reasons, transports, modes, mechanisms, and the operator's own domain names.
 //!
 //! Counting is cheap where it happens: counters are resolved to their label children once,
-//! at start, so a count is one atomic add. What can be read off moat's state instead —
-//! bytes, open connections, mode, certificate expiry, rule counts — is computed when
-//! Prometheus scrapes, and costs the data path nothing.
+//! at start, so a count is one atomic add. Bytes and open connections are kept by the
+//! registry as lock-free totals (see `registry::Traffic`); mode, certificate expiry and
+//! rule counts are read off moat's state. A scrape takes no lock the data path uses, and
+//! its cost does not grow with the connections open.
 
 use std::time::Duration;
 
@@ -14,7 +15,6 @@ use prometheus::{
 };
 
 use crate::policy::{Mode, RejectReason, Transport};
-use crate::registry::Kind;
 use crate::state::Shared;
 
 /// Latency buckets for a local proxy: tens of microseconds to seconds.
@@ -33,6 +33,34 @@ const REASONS: [RejectReason; 8] = [
     RejectReason::ProxyHeader,
     RejectReason::UpstreamUnavailable,
 ];
+
+/// Why the HTTP endpoint closed a connection itself (`moat_metrics_connections_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpDrop {
+    /// The source is not in `[metrics] allow`.
+    NotAllowed,
+    /// Every connection slot was taken.
+    Limit,
+    /// A response was not taken by the client within the write deadline.
+    WriteTimeout,
+}
+
+impl HttpDrop {
+    const ALL: [HttpDrop; 3] = [
+        HttpDrop::NotAllowed,
+        HttpDrop::Limit,
+        HttpDrop::WriteTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpDrop::NotAllowed => "not_allowed",
+            HttpDrop::Limit => "limit",
+            HttpDrop::WriteTimeout => "write_timeout",
+        }
+    }
+}
 
 /// `moat_auth_total` mechanisms.
 pub const MECHANISMS: [&str; 5] = [
@@ -56,6 +84,7 @@ pub struct Metrics {
     auth: [[IntCounter; 2]; 5],
     reloads: [IntCounter; 2],
     inspections_stopped: IntCounter,
+    http_dropped: [IntCounter; 3],
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -127,7 +156,13 @@ impl Metrics {
         registry
             .register(Box::new(inspections_stopped.clone()))
             .expect("unique metric name");
+        let http_dropped = counter_vec(
+            "moat_metrics_connections_dropped_total",
+            "Connections to the metrics and health endpoint that moat closed itself, by reason.",
+            &["reason"],
+        );
         Metrics {
+            http_dropped: HttpDrop::ALL.map(|r| http_dropped.with_label_values(&[r.as_str()])),
             accepted: [
                 accepted.with_label_values(&["tls"]),
                 accepted.with_label_values(&["plaintext"]),
@@ -201,6 +236,11 @@ impl Metrics {
         self.inspections_stopped.inc();
     }
 
+    /// The HTTP endpoint closed a connection itself.
+    pub fn http_dropped(&self, why: HttpDrop) {
+        self.http_dropped[why as usize].inc();
+    }
+
     /// The text exposition of every metric, with the ones read off `shared` now.
     pub fn render(&self, shared: &Shared) -> String {
         let mut families = self.registry.gather();
@@ -231,7 +271,8 @@ fn state_metrics(shared: &Shared) -> Vec<prometheus::proto::MetricFamily> {
         &["direction"],
     )
     .expect("static metric definition");
-    let (up, down) = shared.registry.byte_totals();
+    let traffic = shared.registry.traffic();
+    let (up, down) = traffic.bytes();
     bytes.with_label_values(&["client_to_upstream"]).inc_by(up);
     bytes
         .with_label_values(&["upstream_to_client"])
@@ -243,13 +284,9 @@ fn state_metrics(shared: &Shared) -> Vec<prometheus::proto::MetricFamily> {
         "Client connections open now, by transport.",
         &["transport"],
     );
-    let conns = shared.registry.snapshot();
     for t in [Transport::Tls, Transport::Plaintext] {
-        let n = conns
-            .iter()
-            .filter(|c| c.kind == Kind::Client && c.transport() == Some(t))
-            .count();
-        open.with_label_values(&[t.as_str()]).set(n as i64);
+        open.with_label_values(&[t.as_str()])
+            .set(i64::try_from(traffic.open(t)).unwrap_or(i64::MAX));
     }
     out.extend(open.collect());
 

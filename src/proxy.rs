@@ -14,10 +14,11 @@ use std::future::poll_fn;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::registry::ByteSink;
 
 /// Size of one copy buffer: four full TLS records, so a TLS write produces full records
 /// and a read of plaintext from TLS takes everything rustls has decrypted.
@@ -187,8 +188,8 @@ pub struct Totals {
 pub async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
-    bytes_in: &AtomicU64,
-    bytes_out: &AtomicU64,
+    bytes_in: &(impl ByteSink + ?Sized),
+    bytes_out: &(impl ByteSink + ?Sized),
     mut tap: TapSlot<'_>,
 ) -> Result<Totals, (io::Error, Totals)>
 where
@@ -223,9 +224,8 @@ where
                 Direction::UpstreamToClient,
             )
         };
-        // Plain stores of this task's own totals: no read-modify-write, no sharing.
-        bytes_in.store(up.bytes, Ordering::Relaxed);
-        bytes_out.store(down.bytes, Ordering::Relaxed);
+        bytes_in.publish(up.bytes);
+        bytes_out.publish(down.bytes);
         match (a, b) {
             (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
@@ -243,6 +243,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     static C: AtomicU64 = AtomicU64::new(0);

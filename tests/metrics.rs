@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -447,4 +447,242 @@ fn the_systemd_unit_verifies_and_the_kubernetes_config_is_a_valid_moat_config() 
     };
     let cfg = source.parse().unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.metrics.is_some() && cfg.admin.socket.is_some());
+}
+
+/// `GET path` on a kept-alive connection: the status, once the whole response is read.
+fn get_kept_alive(s: &mut std::net::TcpStream, path: &str) -> u16 {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: moat\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    let head = loop {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed before the response");
+        got.extend_from_slice(&b[..n]);
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head_text = String::from_utf8_lossy(&got[..head]).to_lowercase();
+    let length: usize = head_text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    while got.len() < head + length {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&b[..n]);
+    }
+    head_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET path` with `Connection: close` from `source`: the status, or `None` when the
+/// connection was closed without an answer.
+fn try_get_from(source: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tcp_from(source, addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+const SCRAPE: &str = "GET /metrics HTTP/1.1\r\nHost: moat\r\n\r\n";
+
+#[test]
+fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "preferSSL",
+        &pki,
+        "",
+        METRICS,
+    ));
+    let addr = metrics_addr(&m);
+    let mut flood = tcp(addr);
+    // Short, so the loop below sees when moat stops reading.
+    flood
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (stuck_tx, stuck_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        // Whole requests only, however the writes split: `requests` wraps at a boundary.
+        let requests = SCRAPE.repeat(256).into_bytes();
+        let mut at = 0;
+        let started = Instant::now();
+        while started.elapsed() < DEADLINE {
+            match flood.write(&requests[at..]) {
+                Ok(n) => at = (at + n) % requests.len(),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let _ = stuck_tx.send(());
+                }
+                Err(e) => {
+                    end_tx.send(Some(e.kind())).unwrap();
+                    return;
+                }
+            }
+        }
+        end_tx.send(None).unwrap();
+    });
+    stuck_rx
+        .recv_timeout(DEADLINE)
+        .expect("moat stops reading a client that does not read");
+    // Meanwhile the endpoint answers everyone else.
+    assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_string()));
+    let ended = end_rx.recv_timeout(DEADLINE + DEADLINE).unwrap();
+    writer.join().unwrap();
+    assert!(
+        matches!(
+            ended,
+            Some(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+        ),
+        "still connected after {DEADLINE:?} of unread responses: {ended:?}"
+    );
+    m.lines()
+        .wait_for("did not take its response within 10s", DEADLINE);
+    let v = samples(&get(addr, "/metrics").1);
+    assert_eq!(
+        v["moat_metrics_connections_dropped_total{reason=\"write_timeout\"}"],
+        1.0
+    );
+}
+
+#[test]
+fn beyond_64_connections_new_ones_are_closed_until_a_slot_frees() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "preferSSL",
+        &pki,
+        "",
+        METRICS,
+    ));
+    let addr = metrics_addr(&m);
+    // Each one answered, so moat holds all 64 (until they idle out).
+    let mut held: Vec<_> = (0..64)
+        .map(|_| {
+            let mut s = tcp(addr);
+            assert_eq!(get_kept_alive(&mut s, "/healthz"), 200);
+            s
+        })
+        .collect();
+    let mut extra = tcp(addr);
+    write!(extra, "GET /healthz HTTP/1.1\r\nHost: moat\r\n\r\n").unwrap();
+    assert!(
+        closed_without_reply(&mut extra),
+        "the 65th connection is closed unanswered"
+    );
+    m.lines().wait_for(
+        &format!(
+            "metrics connection refused from 127.0.0.1:{}: 64 metrics connections already open",
+            extra.local_addr().unwrap().port()
+        ),
+        DEADLINE,
+    );
+
+    held.pop();
+    let deadline = Instant::now() + DEADLINE;
+    let healthz = loop {
+        if let Some(r) = try_get_from("127.0.0.1", addr, "/healthz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no slot came free");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(healthz, (200, "ok\n".to_string()));
+    let v = samples(&get(addr, "/metrics").1);
+    assert!(v["moat_metrics_connections_dropped_total{reason=\"limit\"}"] >= 1.0);
+    drop(held);
+}
+
+#[test]
+fn metrics_allow_admits_listed_sources_and_closes_others() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    // On [::], IPv4 clients arrive as ::ffff:127.0.0.x and must match the IPv4 CIDR.
+    let metrics = "[metrics]\nlisten = \"[::]:0\"\nallow = [\"127.0.0.2/32\"]\n";
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "preferSSL",
+        &pki,
+        "",
+        metrics,
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], metrics_addr(&m).port()));
+    assert_eq!(
+        try_get_from("127.0.0.2", addr, "/healthz"),
+        Some((200, "ok\n".to_string()))
+    );
+    let mut refused = tcp_from("127.0.0.3", addr).unwrap();
+    write!(refused, "GET /healthz HTTP/1.1\r\nHost: moat\r\n\r\n").unwrap();
+    assert!(closed_without_reply(&mut refused));
+    m.lines()
+        .wait_for("metrics connection refused from 127.0.0.3:", DEADLINE);
+    let v = samples(&try_get_from("127.0.0.2", addr, "/metrics").unwrap().1);
+    assert_eq!(
+        v["moat_metrics_connections_dropped_total{reason=\"not_allowed\"}"],
+        1.0
+    );
+}
+
+#[test]
+fn bytes_and_open_connections_follow_the_traffic() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "preferSSL",
+        &pki,
+        "",
+        METRICS,
+    ));
+    let addr = metrics_addr(&m);
+    let scrape = |what: &[(&str, f64)]| {
+        let text = get(addr, "/metrics").1;
+        let v = samples(&text);
+        for (k, want) in what {
+            assert_eq!(v.get(*k), Some(want), "{k} in\n{text}");
+        }
+    };
+    const UP: &str = "moat_bytes_total{direction=\"client_to_upstream\"}";
+    const DOWN: &str = "moat_bytes_total{direction=\"upstream_to_client\"}";
+    const TLS: &str = "moat_connections_open{transport=\"tls\"}";
+    const PLAIN: &str = "moat_connections_open{transport=\"plaintext\"}";
+
+    let mut plain = tcp(m.addr);
+    for _ in 0..3 {
+        assert!(echo_ok(&mut plain));
+    }
+    let mut tls = tls_connect(m.addr, &pki.ca, "localhost").unwrap();
+    let ping = |s: &mut TlsStream| {
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+    };
+    ping(&mut tls);
+    scrape(&[(UP, 16.0), (DOWN, 16.0), (TLS, 1.0), (PLAIN, 1.0)]);
+
+    // A closed connection's bytes stay counted, once.
+    drop(plain);
+    m.lines().wait_for("end connection", DEADLINE);
+    scrape(&[(UP, 16.0), (DOWN, 16.0), (TLS, 1.0), (PLAIN, 0.0)]);
+
+    ping(&mut tls);
+    scrape(&[(UP, 20.0), (DOWN, 20.0)]);
+    drop(tls);
+    m.lines().wait_for_nth("end connection", 2, DEADLINE);
+    scrape(&[(UP, 20.0), (DOWN, 20.0), (TLS, 0.0), (PLAIN, 0.0)]);
 }
