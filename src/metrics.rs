@@ -56,6 +56,8 @@ pub struct Metrics {
     auth: [[IntCounter; 2]; 5],
     reloads: [IntCounter; 2],
     inspections_stopped: IntCounter,
+    closed_before_speaking: IntCounter,
+    idle_closed: IntCounter,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -83,6 +85,13 @@ impl Metrics {
                 .register(Box::new(v.clone()))
                 .expect("unique metric name");
             v
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
         };
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(
@@ -162,6 +171,14 @@ impl Metrics {
                 reloads.with_label_values(&["error"]),
             ],
             inspections_stopped,
+            closed_before_speaking: counter(
+                "moat_connections_closed_before_speaking_total",
+                "Connections that closed without sending a byte (port checks, load balancer health checks).",
+            ),
+            idle_closed: counter(
+                "moat_connections_idle_closed_total",
+                "Forwarded connections closed by listen.idle_timeout.",
+            ),
             registry,
         }
     }
@@ -199,6 +216,14 @@ impl Metrics {
 
     pub fn inspection_stopped(&self) {
         self.inspections_stopped.inc();
+    }
+
+    pub fn closed_before_speaking(&self) {
+        self.closed_before_speaking.inc();
+    }
+
+    pub fn idle_closed(&self) {
+        self.idle_closed.inc();
     }
 
     /// The text exposition of every metric, with the ones read off `shared` now.
