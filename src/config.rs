@@ -228,11 +228,12 @@ pub const IDLE_TIMEOUT_RANGE: RangeInclusive<Duration> =
 /// dead.
 pub const KEEPALIVE_PROBES: u32 = 5;
 
-/// The interval between keepalive probes for a `tcp_keepalive` time: a tenth of it, at
-/// least 1 s. A peer that vanished silently is closed after `time + KEEPALIVE_PROBES ×
-/// interval` of silence: 180 s for the default 120 s, 6 s for 1 s.
+/// The interval between keepalive probes for a `tcp_keepalive` time: a tenth of it in
+/// whole seconds (the kernel's unit), at least 1 s. A peer that vanished silently is
+/// closed after `time + KEEPALIVE_PROBES × interval` of silence, at most 1.5 × `time` from
+/// 10 s up: 180 s for the default 120 s, 6 s for 1 s.
 pub fn keepalive_interval(time: Duration) -> Duration {
-    (time / 10).max(Duration::from_secs(1))
+    Duration::from_secs((time.as_secs() / 10).max(1))
 }
 
 fn default_max_connections() -> usize {

@@ -435,7 +435,7 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         assert!(!SockRef::from(&c).keepalive().unwrap(), "off by default");
         // (time, interval): a tenth of the time, at least 1 s; always 5 probes.
-        for (time, interval) in [(120, 12), (1, 1), (15, 1), (7200, 720)] {
+        for (time, interval) in [(120, 12), (1, 1), (15, 1), (25, 2), (7200, 720)] {
             enable_keepalive(&c, Duration::from_secs(time)).unwrap();
             let s = SockRef::from(&c);
             assert!(s.keepalive().unwrap());

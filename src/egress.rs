@@ -8,8 +8,8 @@
 //! A listener admits only the sources its `allow` names (when it names any), judged at
 //! accept before a byte is read, and at most `max_connections` at once; both are read per
 //! connection, so a reload applies them to the next one. Sockets on both sides get TCP
-//! keepalive; `listen.idle_timeout` does not apply here (mongod's replica-set connections
-//! may idle for long between heartbeats of their own).
+//! keepalive; `listen.idle_timeout` is for client connections only (mongod manages the
+//! lifetime of its own connections to peers).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};

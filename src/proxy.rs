@@ -227,7 +227,7 @@ where
 {
     let mut up = Pipe::default();
     let mut down = Pipe::default();
-    let mut idle = idle.map(|limit| IdleTimer::new(limit));
+    let mut idle = idle.map(IdleTimer::new);
     let result = poll_fn(|cx| {
         let a = if up.done {
             Poll::Ready(Ok(()))
