@@ -5,7 +5,7 @@
 //! the config file, so a config works the same from any working directory.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,9 +52,35 @@ pub struct EgressConfig {
     pub server_name: Option<String>,
     /// CA certificate(s) (PEM) the peer's certificate must chain to.
     pub ca: PathBuf,
+    /// Lets a `listen` address off loopback be used at all (with `allow`): such a listener
+    /// relays whoever reaches it to the peer.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Sources (CIDRs) that may connect; checked at accept, before a byte is read.
+    /// Empty: anyone who can reach `listen` (loopback only, unless `allow_remote`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Connections open at once through this listener; beyond, refused at accept.
+    #[serde(default = "default_egress_max_connections")]
+    pub max_connections: usize,
 }
 
+fn default_egress_max_connections() -> usize {
+    1024
+}
+
+/// What `[[egress]] max_connections` may be.
+pub const EGRESS_MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
 impl EgressConfig {
+    /// `allow`, parsed (validated already by [`load`]).
+    pub fn allow_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allow
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect()
+    }
+
     /// The name the peer's certificate must carry.
     pub fn server_name(&self) -> &str {
         match &self.server_name {
@@ -193,6 +219,38 @@ pub struct ListenConfig {
     /// CIDRs of the load balancers trusted to send PROXY headers.
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
+    /// Idle time before TCP keepalive probes start, on client, upstream and egress sockets
+    /// (mongod's `tcpKeepAliveTime`); see [`keepalive_interval`] for the rest.
+    #[serde(default = "default_tcp_keepalive", deserialize_with = "duration")]
+    pub tcp_keepalive: Duration,
+    /// Close a forwarded connection after this long without a byte either way. Off by
+    /// default, as in mongod.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+fn default_tcp_keepalive() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// What `listen.tcp_keepalive` may be: Linux's own default (7200 s) at most.
+pub const TCP_KEEPALIVE_RANGE: RangeInclusive<Duration> =
+    RangeInclusive::new(Duration::from_secs(1), Duration::from_secs(2 * 3600));
+
+/// What `listen.idle_timeout` may be, when set.
+pub const IDLE_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    RangeInclusive::new(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
+
+/// Keepalive probes sent, after `tcp_keepalive` of silence, before a peer is declared
+/// dead.
+pub const KEEPALIVE_PROBES: u32 = 5;
+
+/// The interval between keepalive probes for a `tcp_keepalive` time: a tenth of it in
+/// whole seconds (the kernel's unit), at least 1 s. A peer that vanished silently is
+/// closed after `time + KEEPALIVE_PROBES × interval` of silence, at most 1.5 × `time` from
+/// 10 s up: 180 s for the default 120 s, 6 s for 1 s.
+pub fn keepalive_interval(time: Duration) -> Duration {
+    Duration::from_secs((time.as_secs() / 10).max(1))
 }
 
 fn default_max_connections() -> usize {
@@ -382,6 +440,10 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
@@ -491,6 +553,7 @@ impl Config {
             Ok(a) => self.upstream.resolved = Some(a),
             Err(msg) => bad.push(Invalid::new("upstream.address", msg)),
         }
+        self.validate_liveness(&mut bad);
         self.validate_tls(base, &mut bad);
         self.validate_egress(base, &mut bad);
         self.validate_firewall(base, &mut bad);
@@ -686,6 +749,35 @@ impl Config {
         }
     }
 
+    fn validate_liveness(&self, bad: &mut Vec<Invalid>) {
+        let keepalive = self.listen.tcp_keepalive;
+        if !TCP_KEEPALIVE_RANGE.contains(&keepalive) {
+            bad.push(Invalid::new(
+                "listen.tcp_keepalive",
+                format!("must be from 1s to 2h, not {}", show(keepalive)),
+            ));
+        } else if keepalive.subsec_nanos() != 0 {
+            bad.push(Invalid::new(
+                "listen.tcp_keepalive",
+                format!(
+                    "must be whole seconds (the kernel counts keepalive time in seconds), not {}",
+                    show(keepalive)
+                ),
+            ));
+        }
+        if let Some(idle) = self.listen.idle_timeout {
+            if !IDLE_TIMEOUT_RANGE.contains(&idle) {
+                bad.push(Invalid::new(
+                    "listen.idle_timeout",
+                    format!(
+                        "must be from 1s to 30days, not {} (leave it out for no idle timeout)",
+                        show(idle)
+                    ),
+                ));
+            }
+        }
+    }
+
     fn validate_egress(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
         let mut listens = Vec::new();
         for (i, e) in self.egress.iter_mut().enumerate() {
@@ -718,6 +810,7 @@ impl Config {
                     format!("`{}` is not a DNS name or IP address", e.server_name()),
                 ));
             }
+            check_egress_access(i, e, bad);
         }
     }
 
@@ -774,6 +867,39 @@ fn count(bad: &mut Vec<Invalid>, key: &str, n: usize, (min, max): (usize, usize)
     }
 }
 
+/// An egress listener relays whoever reaches it to the peer: off loopback, only with
+/// `allow_remote` and an `allow` list.
+fn check_egress_access(i: usize, e: &EgressConfig, bad: &mut Vec<Invalid>) {
+    let key = |k: &str| format!("egress[{i}].{k}");
+    for (j, c) in e.allow.iter().enumerate() {
+        if let Err(m) = parse_cidr(c) {
+            bad.push(Invalid::new(format!("egress[{i}].allow[{j}]"), m));
+        }
+    }
+    let loopback = firewall::normalize(e.listen.ip()).is_loopback();
+    if !loopback && !e.allow_remote {
+        bad.push(Invalid::new(
+            key("listen"),
+            format!(
+                "{} is not a loopback address: whoever reaches it is relayed to {}; listen on 127.0.0.1, or set allow_remote = true and allow = [CIDRs] to name who may use it",
+                e.listen, e.peer
+            ),
+        ));
+    }
+    if e.allow_remote && e.allow.is_empty() {
+        bad.push(Invalid::new(
+            key("allow_remote"),
+            "needs allow = [CIDRs]: the sources that may use this listener",
+        ));
+    }
+    if !EGRESS_MAX_CONNECTIONS_RANGE.contains(&e.max_connections) {
+        bad.push(Invalid::new(
+            key("max_connections"),
+            format!("must be from 1 to 1000000, not {}", e.max_connections),
+        ));
+    }
+}
+
 /// Overlaps named in a warning before the rest are only counted.
 const OVERLAPS_NAMED: usize = 3;
 
@@ -810,6 +936,11 @@ fn overlap_warning(rules: &[Rule], index: impl Fn(usize) -> usize) -> Option<Inv
             named.join("; ")
         ),
     ))
+}
+
+/// A duration as the config writes it (`1m 30s`, `500ms`).
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
 }
 
 fn names(domains: &[DomainConfig]) -> String {

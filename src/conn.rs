@@ -3,21 +3,24 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ClientCertificates;
+use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
 use crate::firewall::{self, Verdict};
 use crate::inspect::InspectTap;
 use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
-use crate::proxy;
+use crate::proxy::{self, CopyError};
 use crate::proxy_header;
 use crate::registry::{Conn, Kind, TlsInfo};
 use crate::state::{Settings, Shared};
@@ -49,6 +52,10 @@ enum ConnError {
     Tls(io::Error),
     Upstream(io::Error),
     UntrustedProxyHeader,
+    /// requireSSL: the plaintext client went away before its error reply was sent.
+    TlsRequiredCut(io::Error),
+    /// Forwarding ended after `listen.idle_timeout` without a byte.
+    Idle(Duration),
     Io(io::Error),
 }
 
@@ -73,13 +80,33 @@ pub fn normalize_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(firewall::normalize(a.ip()), a.port())
 }
 
+/// Turns on TCP keepalive: probes start after `time` without a byte from the peer, every
+/// [`config::keepalive_interval`], and after [`config::KEEPALIVE_PROBES`] unanswered ones
+/// the kernel fails the socket, so a peer that vanished without FIN or RST is noticed.
+pub fn enable_keepalive(socket: &impl AsFd, time: Duration) -> io::Result<()> {
+    let params = TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(config::keepalive_interval(time))
+        .with_retries(config::KEEPALIVE_PROBES);
+    SockRef::from(socket).set_tcp_keepalive(&params)
+}
+
 /// Serves one accepted TCP connection to its end. From a `trusted` load balancer, the
 /// PROXY header is read first and the firewall judges the client it names.
 pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared: Arc<Shared>) {
     let settings = shared.settings_full();
     let deadline = Instant::now() + settings.handshake_timeout;
     let peer = normalize_addr(peer);
+    // Before anything else, so that a client gone silent even mid-handshake is noticed.
+    // A socket that cannot take the option is already dead: let the reads below say how.
+    let _ = enable_keepalive(&tcp, settings.tcp_keepalive);
     let (peer, first) = if trusted {
+        // A load balancer's TCP health check connects and leaves without a byte: not a
+        // bad PROXY header, just a client that never spoke.
+        if let Ok(true) = timeout_at(deadline, left_without_a_byte(&tcp)).await {
+            shared.metrics.closed_before_speaking();
+            return;
+        }
         match proxy_header::read(&mut tcp, settings.proxy_protocol, deadline).await {
             Ok((source, rest)) => {
                 let client = source.map_or(peer, normalize_addr);
@@ -115,7 +142,20 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
         if let Some(reason) = e.reason() {
             shared.metrics.rejected(reason);
         }
+        if let ConnError::Idle(_) = e {
+            shared.metrics.idle_closed();
+        }
         log(e, id, peer, &settings);
+    }
+}
+
+/// Whether a fresh connection ended (FIN or RST) before its first byte. Waits for that
+/// byte without consuming it; other errors are left to the reads that follow.
+async fn left_without_a_byte(tcp: &TcpStream) -> bool {
+    let mut one = [0u8; 1];
+    match tcp.peek(&mut one).await {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
     }
 }
 
@@ -130,7 +170,8 @@ impl ConnError {
             ConnError::NoCertificates | ConnError::Tls(_) => RejectReason::TlsError,
             ConnError::Upstream(_) => RejectReason::UpstreamUnavailable,
             ConnError::UntrustedProxyHeader => RejectReason::ProxyHeader,
-            ConnError::Io(_) => return None,
+            ConnError::TlsRequiredCut(_) => RejectReason::TlsRequired,
+            ConnError::Idle(_) | ConnError::Io(_) => return None,
         })
     }
 }
@@ -156,6 +197,8 @@ fn log(e: ConnError, id: u64, peer: SocketAddr, settings: &Settings) {
             peer,
             "PROXY protocol header from a source not in listen.proxy_protocol_from",
         ),
+        ConnError::TlsRequiredCut(e) => events::refused_tls_required_cut(id, peer, &e),
+        ConnError::Idle(after) => events::idle_closed(id, peer, after),
         ConnError::Io(e) => events::connection_error(id, peer, &e),
     }
 }
@@ -175,7 +218,10 @@ async fn serve(
         Err(_) => return Err(ConnError::HandshakeTimeout),
         Ok(Err(e)) => return Err(ConnError::Io(e)),
         // Closed before saying anything: a port check, not an error.
-        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(None)) => {
+            shared.metrics.closed_before_speaking();
+            return Ok(());
+        }
         Ok(Ok(Some(sniffed))) => sniffed,
     };
     conn.set_transport(transport);
@@ -232,13 +278,13 @@ async fn serve(
             drop(tls);
             let upstream = connect_upstream(shared, settings).await?;
             shared.metrics.accepted(transport);
-            forward(&mut stream, upstream, conn, shared, settings.inspect).await
+            forward(&mut stream, upstream, conn, shared, settings).await
         }
         Action::ForwardPlaintext => {
             let upstream = connect_upstream(shared, settings).await?;
             shared.metrics.accepted(transport);
             let mut client = Prefixed::new(first, tcp);
-            forward(&mut client, upstream, conn, shared, settings.inspect).await
+            forward(&mut client, upstream, conn, shared, settings).await
         }
         Action::ReplyTlsRequired => {
             reply_tls_required(tcp, first, deadline).await?;
@@ -249,15 +295,28 @@ async fn serve(
 }
 
 /// Reads until the first bytes (after `buf`, already read) tell TLS from plaintext.
-/// `None` if the client closed first.
+/// `None` if the client closed (FIN or RST) without sending a byte.
 async fn sniff(tcp: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Option<(Vec<u8>, Transport)>> {
     buf.reserve(SNIFF_BUF);
     loop {
         if let Some(t) = policy::classify(&buf) {
             return Ok(Some((buf, t)));
         }
-        if tcp.read_buf(&mut buf).await? == 0 {
-            return Ok(None);
+        let silent = buf.is_empty();
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) if silent => return Ok(None),
+            Err(e) if silent && e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "closed after {} bytes, too few to tell TLS from MongoDB",
+                        buf.len()
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
         }
     }
 }
@@ -266,10 +325,13 @@ async fn connect_upstream(shared: &Shared, settings: &Settings) -> Result<Upstre
     let started = std::time::Instant::now();
     let r = upstream::connect(&settings.upstream, settings.connect_timeout).await;
     shared.readiness.record(r.as_ref().map(|_| ()));
-    if r.is_ok() {
-        shared.metrics.upstream_connected(started.elapsed());
+    let upstream = r.map_err(ConnError::Upstream)?;
+    shared.metrics.upstream_connected(started.elapsed());
+    if let Upstream::Tcp(s) = &upstream {
+        // mongod on another host (or its host gone) must not pin the client forever.
+        enable_keepalive(s, settings.tcp_keepalive).map_err(ConnError::Upstream)?;
     }
-    r.map_err(ConnError::Upstream)
+    Ok(upstream)
 }
 
 async fn forward<C>(
@@ -277,13 +339,14 @@ async fn forward<C>(
     upstream: Upstream,
     conn: &Arc<Conn>,
     shared: &Shared,
-    inspect: bool,
+    settings: &Settings,
 ) -> Result<(), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
-    let tap: proxy::TapSlot<'_> = if inspect {
+    let idle = settings.idle_timeout;
+    let tap: proxy::TapSlot<'_> = if settings.inspect {
         Some(Box::new(InspectTap::new(
             conn.clone(),
             conn.remote,
@@ -293,10 +356,13 @@ where
         None
     };
     let r = match upstream {
-        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o, tap).await,
-        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o, tap).await,
+        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o, tap, idle).await,
+        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o, tap, idle).await,
     };
-    r.map(|_| ()).map_err(|(e, _)| ConnError::Io(e))
+    r.map(|_| ()).map_err(|(e, _)| match e {
+        CopyError::Io(e) => ConnError::Io(e),
+        CopyError::Idle(after) => ConnError::Idle(after),
+    })
 }
 
 /// requireSSL and a plaintext client: answer its first message with a MongoDB error
@@ -332,7 +398,7 @@ async fn reply_tls_required(
     timeout_at(deadline, send)
         .await
         .map_err(|_| ConnError::HandshakeTimeout)?
-        .map_err(ConnError::Io)?;
+        .map_err(ConnError::TlsRequiredCut)?;
     // Let the client read the reply and close first; discard whatever else it sends.
     let _ = timeout(REQUIRE_TLS_LINGER, async {
         let mut sink = [0u8; 512];
@@ -350,8 +416,35 @@ async fn read_more(
     buf.reserve(SNIFF_BUF);
     match timeout_at(deadline, tcp.read_buf(buf)).await {
         Err(_) => Err(ConnError::HandshakeTimeout),
-        Ok(Err(e)) => Err(ConnError::Io(e)),
-        Ok(Ok(0)) => Err(ConnError::Io(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Err(e)) => Err(ConnError::TlsRequiredCut(e)),
+        Ok(Ok(0)) => Err(ConnError::TlsRequiredCut(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("closed after {} of its first message's bytes", buf.len()),
+        ))),
         Ok(Ok(_)) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_probes_start_after_the_time_and_follow_the_documented_schedule() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        assert!(!SockRef::from(&c).keepalive().unwrap(), "off by default");
+        // (time, interval): a tenth of the time, at least 1 s; always 5 probes.
+        for (time, interval) in [(120, 12), (1, 1), (15, 1), (25, 2), (7200, 720)] {
+            enable_keepalive(&c, Duration::from_secs(time)).unwrap();
+            let s = SockRef::from(&c);
+            assert!(s.keepalive().unwrap());
+            assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(time));
+            assert_eq!(
+                s.tcp_keepalive_interval().unwrap(),
+                Duration::from_secs(interval)
+            );
+            assert_eq!(s.tcp_keepalive_retries().unwrap(), 5);
+        }
     }
 }

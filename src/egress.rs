@@ -4,8 +4,15 @@
 //! the peer speaking TLS when the live mode is preferSSL or requireSSL and plaintext in
 //! disabled and allowSSL — mongod's own difference between allowSSL and preferSSL. The
 //! mode is read per connection, so a mode change applies to the next one.
+//!
+//! A listener admits only the sources its `allow` names (when it names any), judged at
+//! accept before a byte is read, and at most `max_connections` at once; both are read per
+//! connection, so a reload applies them to the next one. Sockets on both sides get TCP
+//! keepalive; `listen.idle_timeout` is for client connections only (mongod manages the
+//! lifetime of its own connections to peers).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,8 +23,10 @@ use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
 
 use crate::config::EgressConfig;
+use crate::conn::{enable_keepalive, normalize_addr};
 use crate::error::Invalid;
 use crate::events;
+use crate::firewall;
 use crate::policy::Transport;
 use crate::proxy;
 use crate::registry::Kind;
@@ -30,6 +39,10 @@ pub struct Target {
     pub peer: String,
     pub server_name: ServerName<'static>,
     connector: TlsConnector,
+    /// Sources admitted; empty admits any (config validation keeps such a listener on
+    /// loopback).
+    allow: Vec<ipnet::IpNet>,
+    max_connections: usize,
 }
 
 impl Target {
@@ -54,7 +67,34 @@ impl Target {
             peer: cfg.peer.clone(),
             server_name,
             connector: TlsConnector::from(Arc::new(client)),
+            allow: cfg.allow_nets(),
+            max_connections: cfg.max_connections,
         })
+    }
+
+    /// Whether `source` may use this listener.
+    pub fn admits(&self, source: IpAddr) -> bool {
+        let ip = firewall::normalize(source);
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One of a listener's `max_connections`, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -72,6 +112,8 @@ pub async fn serve(
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let listen = listener.local_addr().unwrap_or(egress.listen);
     loop {
         let (local, from) = tokio::select! {
             _ = shutdown.requested() => return,
@@ -84,13 +126,33 @@ pub async fn serve(
                 }
             },
         };
+        let from = normalize_addr(from);
+        let target = egress.target.load();
+        if !target.admits(from.ip()) {
+            if shared.refusal_log.allow() {
+                events::egress_refused_source(listen, from);
+            }
+            continue;
+        }
+        let Some(slot) = Slot::take(&open, target.max_connections) else {
+            if shared.refusal_log.allow() {
+                events::egress_refused_limit(listen, from, target.max_connections);
+            }
+            continue;
+        };
+        drop(target);
         let (egress, shared) = (egress.clone(), shared.clone());
-        tracker.spawn(async move { handle(local, from, &egress, &shared).await });
+        tracker.spawn(async move {
+            handle(local, from, &egress, &shared).await;
+            drop(slot);
+        });
     }
 }
 
 async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared: &Shared) {
+    let keepalive = shared.settings().tcp_keepalive;
     let _ = local.set_nodelay(true);
+    let _ = enable_keepalive(&local, keepalive);
     let id = shared.next_id();
     let conn = shared.registry.insert(id, from, Kind::Egress);
     let target = egress.target.load_full();
@@ -110,6 +172,8 @@ async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared:
             .map_err(|_| format!("connect to {addr} timed out"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        enable_keepalive(&tcp, keepalive)
+            .map_err(|e| format!("cannot enable TCP keepalive towards {addr}: {e}"))?;
         let (bytes_in, bytes_out) = (&conn.bytes_in, &conn.bytes_out);
         let copied = if mode.egress_tls() {
             let handshake = target.connector.connect(target.server_name.clone(), tcp);
@@ -117,10 +181,10 @@ async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared:
                 .await
                 .map_err(|_| format!("TLS handshake with {addr} timed out"))?
                 .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-            proxy::run(&mut local, &mut tls, bytes_in, bytes_out, None).await
+            proxy::run(&mut local, &mut tls, bytes_in, bytes_out, None, None).await
         } else {
             let mut tcp = tcp;
-            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out, None).await
+            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out, None, None).await
         };
         copied.map(|_| ()).map_err(|(e, _)| e.to_string())
     }

@@ -56,6 +56,10 @@ pub mod ids {
     pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
     pub const METRICS_LIMIT: u64 = 9_800_071;
     pub const METRICS_WRITE_TIMEOUT: u64 = 9_800_072;
+    pub const IDLE_CLOSED: u64 = 9_800_060;
+    pub const TLS_REQUIRED_CUT: u64 = 9_800_061;
+    pub const EGRESS_REFUSED_SOURCE: u64 = 9_800_062;
+    pub const EGRESS_REFUSED_LIMIT: u64 = 9_800_063;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -590,5 +594,41 @@ pub fn metrics_write_timeout(peer: SocketAddr, timeout: Duration) {
         remote = %peer, reason = "write_timeout", timeoutMillis = timeout.as_millis() as u64,
         "closing metrics connection from {peer}: it did not take its response within {}",
         humantime::format_duration(timeout)
+    );
+}
+
+pub fn idle_closed(conn: u64, peer: SocketAddr, after: Duration) {
+    tracing::info!(
+        c = "NETWORK", id = ids::IDLE_CLOSED, ctx = %ConnCtx(conn), msg = "Closing idle connection",
+        remote = %peer, reason = "idle_timeout", idleMillis = after.as_millis() as u64,
+        "closing connection from {peer}: no bytes either way for {} (listen.idle_timeout)",
+        humantime::format_duration(after)
+    );
+}
+
+pub fn refused_tls_required_cut(conn: u64, peer: SocketAddr, error: &dyn fmt::Display) {
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_REQUIRED_CUT, ctx = %ConnCtx(conn),
+        msg = "Refused plaintext connection: TLS is required",
+        remote = %peer, reason = "tls_required", error = %error,
+        "refusing plaintext connection from {peer}: mode requireSSL; it went away before the error reply was sent ({error})"
+    );
+}
+
+pub fn egress_refused_source(listen: SocketAddr, from: SocketAddr) {
+    tracing::info!(
+        c = "ACCESS", id = ids::EGRESS_REFUSED_SOURCE, ctx = "egress",
+        msg = "Egress connection refused by allow",
+        address = %listen, remote = %from, reason = "firewall",
+        "egress connection refused from {from} on {listen}: not in this listener's allow list"
+    );
+}
+
+pub fn egress_refused_limit(listen: SocketAddr, from: SocketAddr, max: usize) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::EGRESS_REFUSED_LIMIT, ctx = "egress",
+        msg = "Egress connection refused: limit reached",
+        address = %listen, remote = %from, reason = "limit", maxConnections = max as u64,
+        "egress connection refused from {from} on {listen}: max_connections ({max}) reached"
     );
 }

@@ -85,6 +85,8 @@ pub struct Metrics {
     reloads: [IntCounter; 2],
     inspections_stopped: IntCounter,
     http_dropped: [IntCounter; 3],
+    closed_before_speaking: IntCounter,
+    idle_closed: IntCounter,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -112,6 +114,13 @@ impl Metrics {
                 .register(Box::new(v.clone()))
                 .expect("unique metric name");
             v
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
         };
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(
@@ -197,6 +206,14 @@ impl Metrics {
                 reloads.with_label_values(&["error"]),
             ],
             inspections_stopped,
+            closed_before_speaking: counter(
+                "moat_connections_closed_before_speaking_total",
+                "Connections that closed without sending a byte (port checks, load balancer health checks).",
+            ),
+            idle_closed: counter(
+                "moat_connections_idle_closed_total",
+                "Forwarded connections closed by listen.idle_timeout.",
+            ),
             registry,
         }
     }
@@ -239,6 +256,14 @@ impl Metrics {
     /// The HTTP endpoint closed a connection itself.
     pub fn http_dropped(&self, why: HttpDrop) {
         self.http_dropped[why as usize].inc();
+    }
+
+    pub fn closed_before_speaking(&self) {
+        self.closed_before_speaking.inc();
+    }
+
+    pub fn idle_closed(&self) {
+        self.idle_closed.inc();
     }
 
     /// The text exposition of every metric, with the ones read off `shared` now.

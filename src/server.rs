@@ -62,7 +62,9 @@ pub async fn run(
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.metrics.rejected(RejectReason::Limit);
-            events::refused_limit(peer, max);
+            if shared.refusal_log.allow() {
+                events::refused_limit(normalize_addr(peer), max);
+            }
             drop(tcp);
             continue;
         };

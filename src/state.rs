@@ -32,6 +32,10 @@ pub struct Settings {
     pub proxy_from: Vec<ipnet::IpNet>,
     /// Inspect the MongoDB handshake (`[log] inspect`).
     pub inspect: bool,
+    /// TCP keepalive idle time on client, upstream and egress sockets.
+    pub tcp_keepalive: Duration,
+    /// Close forwarded client connections idle this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -45,6 +49,8 @@ impl Settings {
             proxy_protocol: cfg.listen.proxy_protocol,
             proxy_from: cfg.proxy_from(),
             inspect: cfg.log.inspect,
+            tcp_keepalive: cfg.listen.tcp_keepalive,
+            idle_timeout: cfg.listen.idle_timeout,
         }
     }
 
@@ -65,7 +71,7 @@ pub struct Shared {
     mode: AtomicU8,
     tls: ArcSwapOption<TlsState>,
     firewall: ArcSwap<Firewall>,
-    /// Refusal lines (firewall, PROXY header) are rate-limited: a flood must not fill the disk.
+    /// Refusal lines (firewall, PROXY header, limits) are rate-limited: a flood must not fill the disk.
     pub refusal_log: LogLimiter,
     pub metrics: Metrics,
     pub readiness: Readiness,

@@ -402,3 +402,47 @@ fn a_live_admin_socket_is_not_taken_over_but_a_stale_one_is_replaced() {
     let second = Moat::start_in(dir);
     assert_eq!(second.ctl(&["mode"]).1.trim(), "preferSSL");
 }
+
+#[test]
+fn egress_admits_only_its_allow_list_and_caps_its_connections() {
+    let mongo = Mongo::start();
+    let pki = Pki::new();
+    let peer = Recorder::start();
+    // allowSSL: plaintext egress, to an echoing peer.
+    let egress = format!(
+        "[[egress]]\nlisten = \"127.0.0.1:0\"\npeer = \"{}\"\nca = \"{}\"\n\
+         allow = [\"127.0.0.2/32\"]\nmax_connections = 1\n",
+        peer.addr,
+        pki.ca.display()
+    );
+    let node = Moat::start(&config_with(&mongo.addr(), "allowSSL", &pki, "", &egress));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], egress_port(&node)));
+
+    // Refused at accept, before a byte is read: nothing reaches the peer.
+    let mut outsider = tcp_from("127.0.0.3", addr).unwrap();
+    let _ = outsider.write_all(b"ping");
+    assert!(closed_without_reply(&mut outsider));
+    let line = node
+        .lines()
+        .wait_for("egress connection refused from 127.0.0.3:", DEADLINE);
+    assert!(line.contains("not in this listener's allow list"), "{line}");
+    assert_eq!(peer.seen(), 0);
+
+    let mut allowed = tcp_from("127.0.0.2", addr).unwrap();
+    assert!(echo_ok(&mut allowed), "an allowed source is relayed");
+    let mut over = tcp_from("127.0.0.2", addr).unwrap();
+    let _ = over.write_all(b"ping");
+    assert!(closed_without_reply(&mut over), "one over the cap");
+    node.lines()
+        .wait_for("egress connection refused from 127.0.0.2:", DEADLINE);
+    node.lines()
+        .wait_for("max_connections (1) reached", DEADLINE);
+    assert!(echo_ok(&mut allowed));
+    assert_eq!(peer.seen(), 1);
+    // Once it ends, its slot is free again.
+    drop(allowed);
+    node.lines()
+        .wait_for("end egress connection 127.0.0.2:", DEADLINE);
+    let mut next = tcp_from("127.0.0.2", addr).unwrap();
+    assert!(echo_ok(&mut next));
+}

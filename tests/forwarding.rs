@@ -389,3 +389,43 @@ fn sigterm_gives_up_on_connections_after_shutdown_timeout() {
         DEADLINE,
     );
 }
+
+#[test]
+fn max_connections_refusals_are_rate_limited_and_name_ipv4_clients_as_ipv4() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    // [::] accepts IPv4 clients too; the kernel reports them as ::ffff:127.0.0.1.
+    let moat = Moat::start(
+        &config(
+            &up.addr.to_string(),
+            "preferSSL",
+            &pki,
+            "max_connections = 1",
+        )
+        .replace("address = \"127.0.0.1:0\"", "address = \"[::]:0\""),
+    );
+    let to: std::net::SocketAddr = format!("127.0.0.1:{}", moat.port()).parse().unwrap();
+    let mut first = tcp(to);
+    assert!(echo_ok(&mut first));
+    for _ in 0..300 {
+        let mut s = tcp(to);
+        assert!(closed_without_reply(&mut s), "over the limit: closed");
+    }
+    moat.lines()
+        .wait_for("more connections were refused in the last second", DEADLINE);
+    let refused: Vec<String> = moat
+        .lines()
+        .all()
+        .into_iter()
+        .filter(|l| l.contains("max_connections (1) reached"))
+        .collect();
+    assert!(
+        !refused.is_empty() && refused.len() < 300,
+        "{} lines for 300 refusals",
+        refused.len()
+    );
+    for l in &refused {
+        assert!(l.contains("connection refused from 127.0.0.1:"), "{l}");
+    }
+    assert!(echo_ok(&mut first), "the admitted one is unaffected");
+}

@@ -686,3 +686,96 @@ fn bytes_and_open_connections_follow_the_traffic() {
     m.lines().wait_for_nth("end connection", 2, DEADLINE);
     scrape(&[(UP, 20.0), (DOWN, 20.0), (TLS, 0.0), (PLAIN, 0.0)]);
 }
+
+/// Scrapes until `name` reads `want` (counting happens after the client's side is done).
+fn wait_sample(addr: SocketAddr, name: &str, want: f64) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let v = samples(&get(addr, "/metrics").1);
+        if v.get(name) == Some(&want) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {:?}", v.get(name));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn silent_clients_and_load_balancer_health_checks_count_as_closed_before_speaking() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let firewall = "[[firewall.rules]]\ncidr = \"127.0.0.1/32\"\ndescription = \"t\"\n";
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "preferSSL",
+        &pki,
+        "proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.5/32\"]",
+        &format!("{METRICS}{firewall}"),
+    ));
+    let maddr = metrics_addr(&m);
+    // The balancer's TCP health checks: connect, then FIN; connect, then RST.
+    drop(tcp_from("127.0.0.5", m.addr).unwrap());
+    let s = tcp_from("127.0.0.5", m.addr).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    // A direct client that connects and leaves without a byte.
+    drop(tcp_from("127.0.0.1", m.addr).unwrap());
+    m.lines().wait_for("end connection 127.0.0.1:", DEADLINE);
+    let v = wait_sample(maddr, "moat_connections_closed_before_speaking_total", 3.0);
+    assert_eq!(
+        v["moat_connections_rejected_total{reason=\"proxy_header\"}"],
+        0.0
+    );
+    assert_eq!(m.lines().count("PROXY header"), 0, "not logged as refusals");
+    // The twin: a balancer connection that sends a bad header is still a refusal.
+    let mut s = tcp_from("127.0.0.5", m.addr).unwrap();
+    s.write_all(b"ping").unwrap();
+    assert!(closed_without_reply(&mut s));
+    let v = wait_sample(
+        maddr,
+        "moat_connections_rejected_total{reason=\"proxy_header\"}",
+        1.0,
+    );
+    assert_eq!(v["moat_connections_closed_before_speaking_total"], 3.0);
+}
+
+#[test]
+fn require_ssl_clients_cut_mid_request_and_idle_closes_are_counted() {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        "requireSSL",
+        &pki,
+        "idle_timeout = \"1s\"",
+        METRICS,
+    ));
+    let maddr = metrics_addr(&m);
+    // Half a hello, then gone: refused for requiring TLS, though no reply could be sent.
+    let mut s = tcp(m.addr);
+    s.write_all(&op_msg_hello(1)[..20]).unwrap();
+    drop(s);
+    m.lines().wait_for(
+        "mode requireSSL; it went away before the error reply was sent",
+        DEADLINE,
+    );
+    wait_sample(
+        maddr,
+        "moat_connections_rejected_total{reason=\"tls_required\"}",
+        1.0,
+    );
+    // A TLS client that goes quiet is closed after idle_timeout, and counted.
+    let mut open = tls_connect(m.addr, &pki.ca, "localhost").unwrap();
+    open.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    open.read_exact(&mut b).unwrap();
+    m.lines().wait_for("no bytes either way for 1s", DEADLINE);
+    let v = wait_sample(maddr, "moat_connections_idle_closed_total", 1.0);
+    assert_eq!(
+        v["moat_connections_rejected_total{reason=\"tls_required\"}"],
+        1.0
+    );
+    assert_eq!(v["moat_connections_closed_before_speaking_total"], 0.0);
+}
