@@ -147,12 +147,22 @@ fn send(socket: &Path, request: &Value) -> Result<Value, String> {
         )
     })?;
     let _ = s.set_read_timeout(Some(REPLY_TIMEOUT));
-    s.write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    // moat may answer and close before reading the request (a refusal): then the write
+    // fails, but the answer is there to read, and it says more than "broken pipe".
+    let sent = s.write_all(format!("{request}\n").as_bytes());
     let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| format!("{}: no reply: {e}", socket.display()))?;
+    let read = BufReader::new(&s).read_line(&mut line);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) => return Err(format!("{}: {e}", socket.display())),
+        (Ok(()), Err(e)) => return Err(format!("{}: no reply: {e}", socket.display())),
+        (Ok(()), Ok(_)) => {
+            return Err(format!(
+                "{}: no reply: moat closed the connection",
+                socket.display()
+            ))
+        }
+    }
     serde_json::from_str(&line)
         .map_err(|e| format!("{}: bad reply ({e}): {line}", socket.display()))
 }

@@ -446,3 +446,60 @@ fn egress_admits_only_its_allow_list_and_caps_its_connections() {
     let mut next = tcp_from("127.0.0.2", addr).unwrap();
     assert!(echo_ok(&mut next));
 }
+
+#[test]
+fn another_user_is_refused_by_its_peer_credentials_even_through_an_open_file_mode() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running a client as another user (nobody) needs root");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
+    let mongo = Mongo::start();
+    let pki = Pki::new();
+    let moat = moat_with_admin(&mongo, "preferSSL", &pki);
+    // Open the file mode on purpose: only the SO_PEERCRED check stands in the way now.
+    std::fs::set_permissions(moat.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(moat.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_moat"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(moat.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let reachable = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_moat"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !reachable {
+        eprintln!("skipped: user nobody cannot execute the moat binary under this checkout's path");
+        return;
+    }
+    let (code, err) = as_nobody(&["mode", "set", "disabled"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("permission denied: only moat's own user or root"),
+        "{err}"
+    );
+    assert_eq!(
+        moat.ctl_json(&["mode"])["mode"],
+        "preferSSL",
+        "nothing changed"
+    );
+    // The owner (root here) is still served.
+    assert_eq!(moat.ctl(&["mode", "set", "allowSSL"]).0, 0);
+}
