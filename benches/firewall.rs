@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use moat::firewall::inventory::Inventory;
 use moat::firewall::{DefaultPolicy, Firewall, Rule, Source};
-use moat::inventory::Inventory;
 
 /// xorshift64*: a fixed, dependency-free sequence.
 struct Rng(u64);

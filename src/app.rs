@@ -11,20 +11,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::admin::client;
+use crate::admin::ops::{Control, RestartKeys};
 use crate::certgen;
 use crate::cli::{CertsCommand, Cli, Command};
 use crate::config::{self, Config, Source, UpstreamAddr};
-use crate::control::{Control, RestartKeys};
-use crate::ctl;
 use crate::egress::{self, Egress, Target};
 use crate::error::{ConfigErrors, Invalid};
 use crate::events;
+use crate::firewall::plane::FirewallPlane;
 use crate::firewall::DefaultPolicy;
 use crate::health;
-use crate::rules::FirewallPlane;
 use crate::server;
+use crate::shared::{Settings, Shared};
 use crate::shutdown;
-use crate::state::{Settings, Shared};
 use crate::telemetry;
 use crate::tls::{Resumption, TlsState};
 
@@ -37,7 +37,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(a) => run(&a.config),
         Command::Check(a) => check(&a.config),
         Command::Certs(c) => certs(c),
-        Command::Ctl(c) => ctl::main(c),
+        Command::Ctl(c) => client::main(c),
     }
 }
 
@@ -135,7 +135,7 @@ fn check(path: &Path) -> ExitCode {
         l.config.tls.mode,
         domains.join(", "),
         l.config.egress.len(),
-        crate::control::policy_name(fw.default_policy()),
+        crate::admin::ops::policy_name(fw.default_policy()),
     );
     if fw.default_policy() == DefaultPolicy::Deny && cidr + groups == 0 {
         println!("warning: default deny and no firewall rules: every connection would be refused");
@@ -272,7 +272,7 @@ async fn serve(
     }
     let (cidr, groups, addresses) = firewall.counts();
     events::firewall_summary(
-        crate::control::policy_name(firewall.default_policy()),
+        crate::admin::ops::policy_name(firewall.default_policy()),
         cidr,
         groups,
         addresses,
@@ -343,7 +343,7 @@ async fn summarise_refusals(shared: Arc<Shared>) {
         every.tick().await;
         let n = shared.refusal_log.take_suppressed();
         if n > 0 {
-            events::refusals_suppressed(n, crate::state::REFUSALS_LOGGED_PER_SECOND);
+            events::refusals_suppressed(n, crate::shared::REFUSALS_LOGGED_PER_SECOND);
         }
     }
 }
@@ -353,7 +353,7 @@ async fn watch_expiry(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(12 * 3600));
     loop {
         every.tick().await;
-        crate::control::warn_expiring(&shared);
+        crate::admin::ops::warn_expiring(&shared);
     }
 }
 

@@ -18,12 +18,12 @@ use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
 use crate::firewall::{self, Verdict};
 use crate::inspect::InspectTap;
-use crate::io::Prefixed;
 use crate::policy::{self, Action, RejectReason, Transport};
+use crate::prefixed::Prefixed;
 use crate::proxy::{self, CopyError};
-use crate::proxy_header;
+use crate::proxy_protocol;
 use crate::registry::{Conn, Kind, TlsInfo};
-use crate::state::{Settings, Shared};
+use crate::shared::{Settings, Shared};
 use crate::tls;
 use crate::upstream::{self, Upstream};
 use crate::wire::{reply, Header, WireError};
@@ -107,7 +107,7 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
             shared.metrics.closed_before_speaking();
             return;
         }
-        match proxy_header::read(&mut tcp, settings.proxy_protocol, deadline).await {
+        match proxy_protocol::read(&mut tcp, settings.proxy_protocol, deadline).await {
             Ok((source, rest)) => {
                 let client = source.map_or(peer, normalize_addr);
                 if shared.firewall().check(client.ip()) == Verdict::Deny {
@@ -225,7 +225,7 @@ async fn serve(
         Ok(Ok(Some(sniffed))) => sniffed,
     };
     conn.set_transport(transport);
-    if proxy_header::looks_like_header(&first) {
+    if proxy_protocol::looks_like_header(&first) {
         return Err(ConnError::UntrustedProxyHeader);
     }
     match policy::decide(shared.mode(), transport) {

@@ -30,8 +30,8 @@ use crate::firewall;
 use crate::policy::Transport;
 use crate::proxy;
 use crate::registry::Kind;
+use crate::shared::Shared;
 use crate::shutdown::Shutdown;
-use crate::state::Shared;
 use crate::tls;
 
 /// Where one egress listener forwards to, and how to verify it. Replaced whole on reload.

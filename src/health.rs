@@ -31,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::normalize_addr;
 use crate::events;
 use crate::metrics::HttpDrop;
-use crate::state::Shared;
+use crate::shared::Shared;
 use crate::upstream;
 
 /// What moat knows about the upstream's reachability.

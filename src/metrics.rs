@@ -15,7 +15,7 @@ use prometheus::{
 };
 
 use crate::policy::{Mode, RejectReason, Transport};
-use crate::state::Shared;
+use crate::shared::Shared;
 
 /// Latency buckets for a local proxy: tens of microseconds to seconds.
 const LATENCY_BUCKETS: &[f64] = &[

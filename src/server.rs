@@ -13,8 +13,8 @@ use crate::conn::normalize_addr;
 use crate::events;
 use crate::firewall::Verdict;
 use crate::policy::RejectReason;
+use crate::shared::Shared;
 use crate::shutdown::Shutdown;
-use crate::state::Shared;
 
 /// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);

@@ -4,7 +4,10 @@
 //! connection's peer credentials are checked as well. Requests are capped in size and
 //! must arrive within a deadline; a malformed one gets `{"ok":false,"error":...}`.
 
-pub mod commands;
+pub mod client;
+pub mod ops;
+pub mod persist;
+pub mod protocol;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -15,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::control::Control;
+use crate::admin::ops::Control;
 use crate::events;
 use crate::shutdown::Shutdown;
 
@@ -108,7 +111,7 @@ fn allowed(stream: &UnixStream) -> bool {
 async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     if !allowed(w.as_ref()) {
-        let reply = commands::error(
+        let reply = protocol::error(
             "permission denied: only moat's own user or root may use the admin socket",
         );
         w.write_all(format!("{reply}\n").as_bytes()).await?;
@@ -122,7 +125,7 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
         let read = limited.read_until(b'\n', &mut line);
         let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
             Err(_) => {
-                let reply = commands::error("no complete request line within 10s; closing");
+                let reply = protocol::error("no complete request line within 10s; closing");
                 w.write_all(format!("{reply}\n").as_bytes()).await?;
                 return Ok(());
             }
@@ -132,11 +135,11 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
             return Ok(());
         }
         if line.len() > MAX_REQUEST {
-            let reply = commands::error("request longer than 64 KiB; closing");
+            let reply = protocol::error("request longer than 64 KiB; closing");
             w.write_all(format!("{reply}\n").as_bytes()).await?;
             return Ok(());
         }
-        let reply = commands::dispatch(control, &line).await;
+        let reply = protocol::dispatch(control, &line).await;
         w.write_all(format!("{reply}\n").as_bytes()).await?;
     }
 }

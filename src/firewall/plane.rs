@@ -8,8 +8,8 @@ use std::time::Duration;
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::config::{FirewallConfig, RuleConfig};
+use crate::firewall::inventory::{self, Inventory};
 use crate::firewall::{DefaultPolicy, Firewall, Rule, Source};
-use crate::inventory::{self, Inventory};
 
 /// Rules, inventory and where the inventory comes from.
 pub struct FirewallPlane {

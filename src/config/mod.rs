@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use crate::error::{ConfigError, ConfigErrors, Invalid};
 use crate::firewall::{self, parse_cidr, DefaultPolicy, Rule};
 use crate::policy::Mode;
-pub use crate::proxy_header::ProxyProtocol;
+pub use crate::proxy_protocol::ProxyProtocol;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]

@@ -11,15 +11,15 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use crate::admin::persist::{self, PersistError};
 use crate::app;
 use crate::egress::{Egress, Target};
 use crate::events;
+use crate::firewall::plane::{self, FirewallPlane, InventoryChange};
 use crate::firewall::Rule;
-use crate::persist::{self, PersistError};
 use crate::policy::{Mode, Transport};
 use crate::registry::{Conn, Kind};
-use crate::rules::{self, FirewallPlane, InventoryChange};
-use crate::state::{Settings, Shared};
+use crate::shared::{Settings, Shared};
 use crate::telemetry::LogHandle;
 use crate::tls::Resumption;
 
@@ -232,7 +232,7 @@ impl Control {
         applied.push(format!("log level {}", loaded.config.log.level));
         let restart = self
             .boot
-            .changed(&crate::control::RestartKeys::of(&loaded.config));
+            .changed(&crate::admin::ops::RestartKeys::of(&loaded.config));
         events::reloaded(&applied.join(", "), &restart.join(", "));
         Ok(json!({
             "ok": true,
@@ -321,7 +321,7 @@ impl Control {
 
     /// `rules.export`: the rules as `[[firewall.rules]]` TOML.
     pub fn rules_export(&self) -> Value {
-        json!({"ok": true, "toml": rules::export(self.shared.firewall().rules())})
+        json!({"ok": true, "toml": plane::export(self.shared.firewall().rules())})
     }
 
     /// `rules.add`.
@@ -332,7 +332,7 @@ impl Control {
             .edit_rules(
                 move |plane| plane.add(rule),
                 persist
-                    .then_some(move |doc: &mut toml_edit::DocumentMut| rules::add_in(doc, &saved)),
+                    .then_some(move |doc: &mut toml_edit::DocumentMut| plane::add_in(doc, &saved)),
                 &format!("added {} {} ({})", view.id, view.value, view.description),
             )
             .await?;
@@ -357,7 +357,7 @@ impl Control {
             .edit_rules(
                 move |plane| plane.remove(&id).map(|_| ()),
                 persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
-                    rules::remove_in(doc, &rule)
+                    plane::remove_in(doc, &rule)
                 }),
                 &format!("removed {} {} ({})", view.id, view.value, view.description),
             )
@@ -375,7 +375,7 @@ impl Control {
         replace: bool,
         persist: bool,
     ) -> Result<Value, String> {
-        let incoming = tokio::task::spawn_blocking(move || rules::read_rules_file(&from))
+        let incoming = tokio::task::spawn_blocking(move || plane::read_rules_file(&from))
             .await
             .map_err(|e| e.to_string())??;
         let for_file = incoming.clone();
@@ -392,9 +392,9 @@ impl Control {
         // stay (unless `replace` asks for exactly the copied set).
         let write = persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
             if replace {
-                rules::replace_in(doc, &for_file)
+                plane::replace_in(doc, &for_file)
             } else {
-                for_file.iter().try_for_each(|r| rules::add_in(doc, r))
+                for_file.iter().try_for_each(|r| plane::add_in(doc, r))
             }
         });
         let what = if replace {

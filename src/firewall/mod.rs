@@ -13,7 +13,10 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::{PrefixMap, PrefixSet};
 use serde::Serialize;
 
-use crate::inventory::Inventory;
+pub mod inventory;
+pub mod plane;
+
+use inventory::Inventory;
 
 /// What a source that no rule matches gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::control::{conn_json, Control, ModeError};
+use crate::admin::ops::{conn_json, Control, ModeError};
 use crate::firewall::Rule;
 use crate::policy::Mode;
 
