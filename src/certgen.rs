@@ -44,13 +44,23 @@ pub enum CertgenError {
 }
 
 /// What `moat certs init` makes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct InitOptions {
+    /// Directory to write ca.pem, ca-key.pem, DOMAIN.pem and DOMAIN-key.pem into.
+    #[arg(long, default_value = "certs")]
     pub dir: PathBuf,
-    /// Domain name: files are `<domain>.pem` and `<domain>-key.pem`.
+    /// Domain name used for the file names (matches [[tls.domains]] name).
+    #[arg(long, default_value = "default")]
     pub domain: String,
+    /// DNS names the certificate is valid for (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "localhost")]
     pub hostnames: Vec<String>,
+    /// IP addresses to add as SANs. Without them, connecting by IP fails hostname
+    /// verification, as it should.
+    #[arg(long = "ip", value_delimiter = ',')]
     pub ips: Vec<IpAddr>,
+    /// Overwrite existing files.
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -146,15 +156,26 @@ fn check_dns(hostnames: &[String]) -> Result<(), CertgenError> {
 }
 
 /// What `moat certs issue` makes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct IssueOptions {
-    /// Holds the dev CA (`ca.pem`, `ca-key.pem`); the new files are written here too.
+    /// Directory holding ca.pem and ca-key.pem; DOMAIN.pem and DOMAIN-key.pem go here.
+    #[arg(long, default_value = "certs")]
     pub dir: PathBuf,
+    /// Domain name (matches [[tls.domains]] name; names the files).
+    #[arg(long)]
     pub domain: String,
+    /// DNS names, comma-separated; `*.example.net` for a wildcard.
+    #[arg(long, value_delimiter = ',', required = true)]
     pub hostnames: Vec<String>,
+    /// IP addresses to add as SANs.
+    #[arg(long = "ip", value_delimiter = ',')]
     pub ips: Vec<IpAddr>,
-    /// Encrypt the key with the password in this file (made, 0600, if it does not exist).
+    /// Encrypt the key with the password in PASSFILE (a random one is written there,
+    /// mode 0600, if the file does not exist). Use it as key_password_file.
+    #[arg(long, value_name = "PASSFILE")]
     pub encrypt_key: Option<PathBuf>,
+    /// Overwrite existing files.
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -189,13 +210,25 @@ pub fn issue(opts: &IssueOptions) -> Result<IssueFiles, CertgenError> {
 }
 
 /// What `moat certs csr` makes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CsrOptions {
+    /// Where to write the CSR (PEM).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Where to write the new private key (PEM, mode 0600).
+    #[arg(long)]
     pub key: PathBuf,
+    /// DNS names to request, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
     pub hostnames: Vec<String>,
+    /// IP addresses to request as SANs.
+    #[arg(long = "ip", value_delimiter = ',')]
     pub ips: Vec<IpAddr>,
+    /// Encrypt the key with the password in PASSFILE (made if missing).
+    #[arg(long, value_name = "PASSFILE")]
     pub encrypt_key: Option<PathBuf>,
+    /// Overwrite existing files.
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -219,6 +252,48 @@ pub fn csr(opts: &CsrOptions) -> Result<Option<PathBuf>, CertgenError> {
     write_file(&opts.key, key_pem.as_bytes(), 0o600)?;
     write_file(&opts.out, request.pem()?.as_bytes(), 0o644)?;
     Ok(created)
+}
+
+/// Runs a `moat certs` command; returns the line to print.
+pub fn run(cmd: &crate::cli::CertsCommand) -> Result<String, CertgenError> {
+    use crate::cli::CertsCommand;
+    let names = |h: &[String]| h.join(",");
+    let password = |p: Option<PathBuf>| {
+        p.map(|p| format!("; the key's password is in {} (0600)", p.display()))
+            .unwrap_or_default()
+    };
+    Ok(match cmd {
+        CertsCommand::Init(o) => {
+            let f = init(o)?;
+            format!(
+                "wrote {} (CA), {} (CA key, keep private), {} and {} for names {}",
+                f.ca.display(),
+                f.ca_key.display(),
+                f.cert.display(),
+                f.key.display(),
+                names(&o.hostnames)
+            )
+        }
+        CertsCommand::Issue(o) => {
+            let f = issue(o)?;
+            format!(
+                "wrote {} and {} for names {}{}",
+                f.cert.display(),
+                f.key.display(),
+                names(&o.hostnames),
+                password(f.new_password_file)
+            )
+        }
+        CertsCommand::Csr(o) => {
+            let created = csr(o)?;
+            format!(
+                "wrote {} (send it to your CA) and {} (this node's key, 0600){}",
+                o.out.display(),
+                o.key.display(),
+                password(created)
+            )
+        }
+    })
 }
 
 fn refuse_overwrite(paths: &[&PathBuf], force: bool) -> Result<(), CertgenError> {

@@ -1,10 +1,10 @@
 //! Command-line interface (clap). `moat --help` and `moat <cmd> --help` document every flag.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::certgen::{CsrOptions, InitOptions, IssueOptions};
 use crate::policy::Mode;
 
 /// moat: a TLS-terminating sidecar for MongoDB nodes.
@@ -137,65 +137,9 @@ pub struct ConfigArg {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Make a dev CA and a certificate + key for the default domain, signed by it.
-    Init {
-        /// Directory to write ca.pem, ca-key.pem, DOMAIN.pem and DOMAIN-key.pem into.
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
-        /// DNS names the certificate is valid for (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "localhost")]
-        hostnames: Vec<String>,
-        /// IP addresses to add as SANs. Without them, connecting by IP fails hostname
-        /// verification, as it should.
-        #[arg(long, value_delimiter = ',')]
-        ip: Vec<IpAddr>,
-        /// Domain name used for the file names (matches [[tls.domains]] name).
-        #[arg(long, default_value = "default")]
-        domain: String,
-        /// Overwrite existing files.
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitOptions),
     /// Issue a certificate for a domain, signed by the dev CA that `certs init` made in DIR.
-    Issue {
-        /// Directory holding ca.pem and ca-key.pem; DOMAIN.pem and DOMAIN-key.pem go here.
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
-        /// Domain name (matches [[tls.domains]] name; names the files).
-        #[arg(long)]
-        domain: String,
-        /// DNS names, comma-separated; `*.example.net` for a wildcard.
-        #[arg(long, value_delimiter = ',', required = true)]
-        hostnames: Vec<String>,
-        /// IP addresses to add as SANs.
-        #[arg(long, value_delimiter = ',')]
-        ip: Vec<IpAddr>,
-        /// Encrypt the key with the password in PASSFILE (a random one is written there,
-        /// mode 0600, if the file does not exist). Use it as key_password_file.
-        #[arg(long, value_name = "PASSFILE")]
-        encrypt_key: Option<PathBuf>,
-        /// Overwrite existing files.
-        #[arg(long)]
-        force: bool,
-    },
+    Issue(IssueOptions),
     /// Make a new key pair for this node and a certificate signing request for a real CA.
-    Csr {
-        /// Where to write the CSR (PEM).
-        #[arg(long)]
-        out: PathBuf,
-        /// Where to write the new private key (PEM, mode 0600).
-        #[arg(long)]
-        key: PathBuf,
-        /// DNS names to request, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        hostnames: Vec<String>,
-        /// IP addresses to request as SANs.
-        #[arg(long, value_delimiter = ',')]
-        ip: Vec<IpAddr>,
-        /// Encrypt the key with the password in PASSFILE (made if missing).
-        #[arg(long, value_name = "PASSFILE")]
-        encrypt_key: Option<PathBuf>,
-        /// Overwrite existing files.
-        #[arg(long)]
-        force: bool,
-    },
+    Csr(CsrOptions),
 }

@@ -67,7 +67,7 @@ impl Target {
             peer: cfg.peer.clone(),
             server_name,
             connector: TlsConnector::from(Arc::new(client)),
-            allow: cfg.allow_nets(),
+            allow: cfg.allow_nets().to_vec(),
             max_connections: cfg.max_connections,
         })
     }
@@ -102,6 +102,15 @@ impl Drop for Slot {
 pub struct Egress {
     pub listen: SocketAddr,
     pub target: ArcSwap<Target>,
+}
+
+impl Egress {
+    pub fn new(listen: SocketAddr, target: Target) -> Egress {
+        Egress {
+            listen,
+            target: ArcSwap::from_pointee(target),
+        }
+    }
 }
 
 /// Accepts mongod's outgoing connections on `listener` until shutdown.

@@ -14,10 +14,10 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(key: impl Into<String>, message: impl fmt::Display) -> Self {
         Invalid {
             key: key.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::firewall::Firewall;
 use crate::policy::{Mode, Transport};
 
 /// moat's own log ids (mongod's are used literally at their call sites).
@@ -468,7 +469,9 @@ pub fn inventory_failed(path: &str, error: &str, last_good: usize) {
     );
 }
 
-pub fn firewall_summary(default: &str, cidr: usize, groups: usize, addresses: usize) {
+pub fn firewall_summary(firewall: &Firewall) {
+    let (cidr, groups, addresses) = firewall.counts();
+    let default = firewall.default_policy().as_str();
     if default == "deny" && cidr + groups == 0 {
         tracing::warn!(
             c = "ACCESS", id = ids::FIREWALL_SUMMARY, ctx = "main", msg = "Firewall allows no source",

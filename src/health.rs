@@ -10,10 +10,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -28,96 +27,15 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
-use crate::conn::normalize_addr;
 use crate::events;
+use crate::firewall::normalize_addr;
 use crate::metrics::HttpDrop;
 use crate::shared::Shared;
 use crate::upstream;
 
-/// What moat knows about the upstream's reachability.
-#[derive(Default)]
-pub struct Readiness {
-    /// Unix milliseconds of the last connect attempt (probe or client), 0 = none yet.
-    last_attempt: AtomicU64,
-    last_ok: AtomicBool,
-    /// Unix milliseconds of the last successful connect.
-    last_success: AtomicU64,
-    last_error: Mutex<String>,
-    shutting_down: AtomicBool,
-    /// The probe interval in milliseconds (0 = no prober: `[metrics]` not configured).
-    interval_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Readiness {
-    /// Records an upstream connect attempt.
-    pub fn record(&self, result: Result<(), &std::io::Error>) {
-        let now = now_ms();
-        match result {
-            Ok(()) => {
-                self.last_success.store(now, Ordering::Relaxed);
-                self.last_ok.store(true, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if let Ok(mut s) = self.last_error.lock() {
-                    *s = e.to_string();
-                }
-                self.last_ok.store(false, Ordering::Relaxed);
-            }
-        }
-        self.last_attempt.store(now, Ordering::Relaxed);
-    }
-
-    /// The process has begun to shut down: not ready for new clients.
-    pub fn shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    /// `Ok` when ready; otherwise why not. Ready means: not shutting down, and the latest
-    /// connect attempt succeeded within three probe intervals.
-    pub fn check(&self, upstream: &str) -> Result<(), String> {
-        let window = Duration::from_millis(3 * self.interval_ms.load(Ordering::Relaxed).max(1000));
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        if self.last_attempt.load(Ordering::Relaxed) == 0 {
-            return Err(format!("no connect to upstream {upstream} yet"));
-        }
-        if !self.last_ok.load(Ordering::Relaxed) {
-            let e = self
-                .last_error
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default();
-            return Err(format!("upstream {upstream} unreachable: {e}"));
-        }
-        let age = now_ms().saturating_sub(self.last_success.load(Ordering::Relaxed));
-        if age > window.as_millis() as u64 {
-            return Err(format!(
-                "no successful connect to upstream {upstream} for {} ms",
-                age
-            ));
-        }
-        Ok(())
-    }
-
-    /// Milliseconds since the last attempt.
-    fn idle_ms(&self) -> u64 {
-        now_ms().saturating_sub(self.last_attempt.load(Ordering::Relaxed))
-    }
-}
-
 /// Probes the upstream every `interval` unless a client connect did so recently.
 pub async fn probe_upstream(shared: Arc<Shared>, interval: Duration) {
-    shared
-        .readiness
-        .interval_ms
-        .store(interval.as_millis() as u64, Ordering::Relaxed);
+    shared.readiness.set_interval(interval);
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
@@ -364,20 +282,20 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(shared),
+            shared.metrics.render(shared.scrape()),
         ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
-        "/readyz" => {
-            let upstream = shared.settings().upstream.to_string();
-            match shared.readiness.check(&upstream) {
-                Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-                Err(why) => text(
+        "/readyz" => match shared.readiness.check() {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
+            Err(why) => {
+                let upstream = shared.settings().upstream.to_string();
+                text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     PLAIN,
-                    format!("not ready: {why}\n"),
-                ),
+                    format!("not ready: {}\n", why.explain(&upstream)),
+                )
             }
-        }
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,

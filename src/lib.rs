@@ -7,7 +7,9 @@
 pub mod admin;
 pub mod app;
 pub mod certgen;
+pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod egress;
@@ -21,6 +23,7 @@ pub mod policy;
 pub mod prefixed;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod readiness;
 pub mod registry;
 pub mod server;
 pub mod shared;

@@ -14,24 +14,12 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::policy::{Mode, RejectReason, Transport};
-use crate::shared::Shared;
+use crate::policy::{RejectReason, Transport};
 
 /// Latency buckets for a local proxy: tens of microseconds to seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
-];
-
-const REASONS: [RejectReason; 8] = [
-    RejectReason::Firewall,
-    RejectReason::Limit,
-    RejectReason::TlsRequired,
-    RejectReason::TlsDisabled,
-    RejectReason::HandshakeTimeout,
-    RejectReason::TlsError,
-    RejectReason::ProxyHeader,
-    RejectReason::UpstreamUnavailable,
 ];
 
 /// Why the HTTP endpoint closed a connection itself (`moat_metrics_connections_dropped_total`).
@@ -75,7 +63,7 @@ pub const MECHANISMS: [&str; 5] = [
 pub struct Metrics {
     registry: Registry,
     accepted: [IntCounter; 2],
-    rejected: [IntCounter; 8],
+    rejected: [IntCounter; RejectReason::ALL.len()],
     tls_handshake_seconds: Histogram,
     /// [result ok/error][resumed false/true]
     tls_handshakes: [[IntCounter; 2]; 2],
@@ -176,7 +164,7 @@ impl Metrics {
                 accepted.with_label_values(&["tls"]),
                 accepted.with_label_values(&["plaintext"]),
             ],
-            rejected: REASONS.map(|r| rejected.with_label_values(&[r.as_str()])),
+            rejected: RejectReason::ALL.map(|r| rejected.with_label_values(&[r.as_str()])),
             tls_handshake_seconds: histogram(
                 "moat_tls_handshake_duration_seconds",
                 "Time from a client's first byte to a completed TLS handshake.",
@@ -223,9 +211,7 @@ impl Metrics {
     }
 
     pub fn rejected(&self, r: RejectReason) {
-        if let Some(i) = REASONS.iter().position(|x| *x == r) {
-            self.rejected[i].inc();
-        }
+        self.rejected[r as usize].inc();
     }
 
     pub fn tls_handshake(&self, ok: bool, resumed: bool, took: Duration) {
@@ -266,10 +252,10 @@ impl Metrics {
         self.idle_closed.inc();
     }
 
-    /// The text exposition of every metric, with the ones read off `shared` now.
-    pub fn render(&self, shared: &Shared) -> String {
+    /// The text exposition of every metric, with the ones read off moat's state now.
+    pub fn render(&self, scrape: Scrape) -> String {
         let mut families = self.registry.gather();
-        families.extend(state_metrics(shared));
+        families.extend(scrape.0);
         // A family without samples (no certificate yet) would stop the encoder.
         families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
@@ -280,98 +266,50 @@ impl Metrics {
     }
 }
 
-/// Metrics computed from moat's state at scrape time.
-fn state_metrics(shared: &Shared) -> Vec<prometheus::proto::MetricFamily> {
-    use prometheus::core::Collector;
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
-    };
-    let mut out = Vec::new();
+/// The metrics read off moat's state when Prometheus scrapes: each module adds the ones
+/// it owns (the registry its byte and connection totals, TLS its certificates, the
+/// firewall its rules), so this file reads no one's state.
+#[derive(Default)]
+pub struct Scrape(Vec<prometheus::proto::MetricFamily>);
 
-    let bytes = IntCounterVec::new(
-        Opts::new(
-            "moat_bytes_total",
-            "Bytes copied by client connections, by direction.",
-        ),
-        &["direction"],
-    )
-    .expect("static metric definition");
-    let traffic = shared.registry.traffic();
-    let (up, down) = traffic.bytes();
-    bytes.with_label_values(&["client_to_upstream"]).inc_by(up);
-    bytes
-        .with_label_values(&["upstream_to_client"])
-        .inc_by(down);
-    out.extend(bytes.collect());
-
-    let open = gauge(
-        "moat_connections_open",
-        "Client connections open now, by transport.",
-        &["transport"],
-    );
-    for t in [Transport::Tls, Transport::Plaintext] {
-        open.with_label_values(&[t.as_str()])
-            .set(i64::try_from(traffic.open(t)).unwrap_or(i64::MAX));
-    }
-    out.extend(open.collect());
-
-    let mode = gauge(
-        "moat_tls_mode",
-        "The SSL mode in effect (1) and the others (0).",
-        &["mode"],
-    );
-    let current = shared.mode();
-    for m in Mode::ALL {
-        mode.with_label_values(&[m.as_str()])
-            .set(i64::from(m == current));
-    }
-    out.extend(mode.collect());
-
-    let expiry = gauge(
-        "moat_certificate_expiry_timestamp_seconds",
-        "notAfter of each domain's certificate, Unix seconds.",
-        &["domain"],
-    );
-    if let Some(tls) = shared.tls() {
-        for d in tls.resolver.domains() {
-            if let Some(na) = d.not_after {
-                expiry.with_label_values(&[&d.name]).set(na);
-            }
+impl Scrape {
+    /// A gauge with one label (`label`) and one sample per value of it, or no label.
+    pub fn gauge<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: Option<&str>,
+        samples: impl IntoIterator<Item = (&'a str, i64)>,
+    ) {
+        use prometheus::core::Collector;
+        let labels: Vec<&str> = label.into_iter().collect();
+        let Ok(g) = IntGaugeVec::new(Opts::new(name, help), &labels) else {
+            return;
+        };
+        for (value, n) in samples {
+            let values: Vec<&str> = label.map(|_| value).into_iter().collect();
+            g.with_label_values(&values).set(n);
         }
+        self.0.extend(g.collect());
     }
-    out.extend(expiry.collect());
 
-    let rules = gauge("moat_firewall_rules", "Firewall rules, by kind.", &["kind"]);
-    let (cidr, groups, _) = shared.firewall().counts();
-    rules.with_label_values(&["cidr"]).set(cidr as i64);
-    rules
-        .with_label_values(&["security_group"])
-        .set(groups as i64);
-    out.extend(rules.collect());
-
-    let ready = prometheus::IntGauge::new(
-        "moat_upstream_ready",
-        "1 when the upstream answered a connect recently (what /readyz says), else 0.",
-    )
-    .expect("static metric definition");
-    let upstream = shared.settings().upstream.to_string();
-    ready.set(i64::from(shared.readiness.check(&upstream).is_ok()));
-    out.extend(ready.collect());
-
-    let log_dropped = prometheus::IntCounter::new(
-        "moat_log_lines_dropped_total",
-        "Log lines dropped because stdout was not keeping up (logging never waits for it).",
-    )
-    .expect("static metric definition");
-    log_dropped.inc_by(crate::telemetry::lines_dropped());
-    out.extend(log_dropped.collect());
-
-    let build = gauge(
-        "moat_build_info",
-        "Always 1; the version is the label.",
-        &["version"],
-    );
-    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-    out.extend(build.collect());
-    out
+    /// A counter read off a running total, labelled like [`Scrape::gauge`].
+    pub fn counter<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: Option<&str>,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        use prometheus::core::Collector;
+        let labels: Vec<&str> = label.into_iter().collect();
+        let Ok(c) = IntCounterVec::new(Opts::new(name, help), &labels) else {
+            return;
+        };
+        for (value, n) in samples {
+            let values: Vec<&str> = label.map(|_| value).into_iter().collect();
+            c.with_label_values(&values).inc_by(n);
+        }
+        self.0.extend(c.collect());
+    }
 }

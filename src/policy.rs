@@ -4,10 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// mongod's `net.tls.mode`, applied to moat's public port (and its egress side).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum Mode {
     /// Plaintext only; TLS clients are refused.
     #[serde(rename = "disabled")]
@@ -134,6 +134,18 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::Firewall,
+        RejectReason::Limit,
+        RejectReason::TlsRequired,
+        RejectReason::TlsDisabled,
+        RejectReason::HandshakeTimeout,
+        RejectReason::TlsError,
+        RejectReason::ProxyHeader,
+        RejectReason::UpstreamUnavailable,
+    ];
+
     /// Metric label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::metrics::Scrape;
 use crate::policy::Transport;
 
 const SHARDS: usize = 16;
@@ -116,6 +117,24 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// `moat_bytes_total` and `moat_connections_open`, for a scrape.
+    pub fn export(&self, s: &mut Scrape) {
+        let (up, down) = self.bytes();
+        s.counter(
+            "moat_bytes_total",
+            "Bytes copied by client connections, by direction.",
+            Some("direction"),
+            [("client_to_upstream", up), ("upstream_to_client", down)],
+        );
+        let open = |t| i64::try_from(self.open(t)).unwrap_or(i64::MAX);
+        s.gauge(
+            "moat_connections_open",
+            "Client connections open now, by transport.",
+            Some("transport"),
+            [Transport::Tls, Transport::Plaintext].map(|t| (t.as_str(), open(t))),
+        );
+    }
+
     fn add_bytes(&self, direction: usize, n: u64) {
         let slot = THREAD_SLOT.try_with(|s| *s).unwrap_or(0);
         self.bytes[slot].0[direction].fetch_add(n, Ordering::Relaxed);

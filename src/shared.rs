@@ -1,6 +1,7 @@
 //! State shared by every connection. What changes at runtime (mode, TLS configuration) is
 //! read with one atomic load per connection and replaced whole, never locked.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +9,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::config::{Config, ProxyProtocol, UpstreamAddr};
+use crate::events;
 use crate::events::LogLimiter;
-use crate::firewall::{normalize, Firewall};
-use crate::health::Readiness;
-use crate::metrics::Metrics;
-use crate::policy::Mode;
+use crate::firewall::{normalize, normalize_addr, Firewall, Verdict};
+use crate::metrics::{Metrics, Scrape};
+use crate::policy::{Mode, RejectReason};
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::tls::TlsState;
 
@@ -47,7 +49,7 @@ impl Settings {
             shutdown_timeout: cfg.listen.shutdown_timeout,
             upstream,
             proxy_protocol: cfg.listen.proxy_protocol,
-            proxy_from: cfg.proxy_from(),
+            proxy_from: cfg.listen.proxy_from().to_vec(),
             inspect: cfg.log.inspect,
             tcp_keepalive: cfg.listen.tcp_keepalive,
             idle_timeout: cfg.listen.idle_timeout,
@@ -166,5 +168,72 @@ impl Shared {
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether the firewall lets `peer` in; a refusal is counted and logged (rate-limited).
+    /// The one admission check, at accept and again for the client a PROXY header names.
+    pub fn admit(&self, peer: SocketAddr) -> Result<(), RejectReason> {
+        if self.firewall().check(peer.ip()) == Verdict::Allow {
+            return Ok(());
+        }
+        self.metrics.rejected(RejectReason::Firewall);
+        if self.refusal_log.allow() {
+            events::refused_firewall(normalize_addr(peer));
+        }
+        Err(RejectReason::Firewall)
+    }
+
+    /// The metrics read off the state now, for a scrape.
+    pub fn scrape(&self) -> Scrape {
+        let mut s = Scrape::default();
+        self.registry.traffic().export(&mut s);
+        if let Some(tls) = self.tls() {
+            tls.export(&mut s);
+        }
+        self.firewall().export(&mut s);
+        crate::telemetry::export(&mut s);
+        let current = self.mode();
+        s.gauge(
+            "moat_tls_mode",
+            "The SSL mode in effect (1) and the others (0).",
+            Some("mode"),
+            Mode::ALL.map(|m| (m.as_str(), i64::from(m == current))),
+        );
+        s.gauge(
+            "moat_upstream_ready",
+            "1 when the upstream answered a connect recently (what /readyz says), else 0.",
+            None,
+            [("", i64::from(self.readiness.check().is_ok()))],
+        );
+        s.gauge(
+            "moat_build_info",
+            "Always 1; the version is the label.",
+            Some("version"),
+            [(env!("CARGO_PKG_VERSION"), 1)],
+        );
+        s
+    }
+
+    /// Warns about certificates close to expiry now and every 12 hours.
+    pub async fn watch_expiry(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(12 * 3600));
+        loop {
+            every.tick().await;
+            if let Some(tls) = self.tls() {
+                tls.warn_expiring();
+            }
+        }
+    }
+
+    /// Once a second, says how many refusal lines the rate limit held back.
+    pub async fn summarise_refusals(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let n = self.refusal_log.take_suppressed();
+            if n > 0 {
+                events::refusals_suppressed(n, REFUSALS_LOGGED_PER_SECOND);
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::metrics::Scrape;
 
 /// Bytes of log lines held for the writer thread. A line that does not fit is dropped and
 /// counted: a connection never waits for stdout.
@@ -42,6 +43,16 @@ static LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Log lines dropped since start because stdout was not keeping up.
 pub fn lines_dropped() -> u64 {
     LINES_DROPPED.load(Ordering::Relaxed)
+}
+
+/// `moat_log_lines_dropped_total`, for a scrape.
+pub fn export(s: &mut Scrape) {
+    s.counter(
+        "moat_log_lines_dropped_total",
+        "Log lines dropped because stdout was not keeping up (logging never waits for it).",
+        None,
+        [("", lines_dropped())],
+    );
 }
 
 /// Lets the level change at runtime.

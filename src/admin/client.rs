@@ -1,101 +1,116 @@
-//! `moat ctl`: a thin client of the admin socket. It sends one JSON request, prints the
-//! reply as a table (or raw with `--json`), and exits 0 when the reply says `ok`, 1 when it
-//! does not or moat cannot be reached.
+//! `moat ctl`: a thin client of the admin socket. It sends one [`Request`], prints the
+//! reply as a table (or the raw line with `--json`), and exits 0 when the reply says `ok`,
+//! 1 when it does not or moat cannot be reached.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use thiserror::Error;
 
+use super::protocol::{
+    BadReply, ConnView, Failure, Reloaded, Reply, Request, RuleView, RulesCopied, Status,
+};
 use crate::cli::{CtlArgs, CtlCommand, ModeAction, RulesAction};
+use crate::clock;
 use crate::telemetry::escape_controls;
 
 /// How long to wait for a reply (a reload re-reads every certificate).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why `moat ctl` got no answer.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot read {} to find the admin socket: {source} (or pass --socket)", path.display())]
+    ReadConfig { path: PathBuf, source: io::Error },
+    #[error("{}: {message}", path.display())]
+    ParseConfig { path: PathBuf, message: String },
+    #[error("{} has no [admin] socket: add one, or pass --socket", path.display())]
+    NoSocket { path: PathBuf },
+    #[error("cannot connect to {}: {source} (is moat running with this [admin] socket?)", socket.display())]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("{}: {source}", socket.display())]
+    Send { socket: PathBuf, source: io::Error },
+    #[error("{}: no reply: {source}", socket.display())]
+    NoReply { socket: PathBuf, source: io::Error },
+    #[error("{}: no reply: moat closed the connection", socket.display())]
+    Closed { socket: PathBuf },
+    #[error("{}: {source}: {line}", socket.display())]
+    BadReply {
+        socket: PathBuf,
+        source: BadReply,
+        line: String,
+    },
+}
+
 pub fn main(args: CtlArgs) -> ExitCode {
-    let socket = match socket_path(&args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("moat ctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let request = request(&args.command);
-    let reply = match send(&socket, &request) {
+    let (line, reply) = match socket_path(&args).and_then(|s| send(&s, &request)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("moat ctl: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let ok = reply.get("ok").and_then(Value::as_bool) == Some(true);
     if args.json {
-        println!("{reply}");
-    } else if ok {
-        print!("{}", render(&args.command, &reply));
-    } else {
-        eprintln!(
-            "moat ctl: {}",
-            escape_controls(
-                reply
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request failed")
-            )
-        );
-        if let Some(conns) = reply.get("plaintext_connections").and_then(Value::as_array) {
-            eprint!("{}", connections_table(conns));
+        println!("{line}");
+    }
+    match reply {
+        Ok(reply) => {
+            if !args.json {
+                print!("{}", render(&args.command, &reply));
+            }
+            if let Some(w) = warning(&reply) {
+                eprintln!("moat ctl: warning: {}", escape_controls(w));
+            }
+            ExitCode::SUCCESS
         }
-    }
-    if let Some(w) = reply.get("warning").and_then(Value::as_str) {
-        eprintln!("moat ctl: warning: {w}");
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        Err(failure) => {
+            if !args.json {
+                eprintln!("moat ctl: {}", escape_controls(&failure.error));
+                if !failure.plaintext_connections.is_empty() {
+                    eprint!("{}", connections_table(&failure.plaintext_connections));
+                }
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
 /// `--socket`, else `[admin] socket` of the config file (relative to that file).
-fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
+fn socket_path(args: &CtlArgs) -> Result<PathBuf, ClientError> {
     if let Some(s) = &args.socket {
         return Ok(s.clone());
     }
-    let cfg = &args.config;
-    let text = std::fs::read_to_string(cfg).map_err(|e| {
-        format!(
-            "cannot read {} to find the admin socket: {e} (or pass --socket)",
-            cfg.display()
-        )
+    let path = args.config.clone();
+    let text = std::fs::read_to_string(&path).map_err(|source| ClientError::ReadConfig {
+        path: path.clone(),
+        source,
     })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("{}: {}", cfg.display(), e.message()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let message = e.message().to_string();
+        ClientError::ParseConfig {
+            path: path.clone(),
+            message,
+        }
+    })?;
     let sock = table
         .get("admin")
         .and_then(|a| a.get("socket"))
         .and_then(|s| s.as_str())
-        .ok_or_else(|| {
-            format!(
-                "{} has no [admin] socket: add one, or pass --socket",
-                cfg.display()
-            )
-        })?;
-    let base = cfg.parent().unwrap_or(Path::new(""));
+        .ok_or_else(|| ClientError::NoSocket { path: path.clone() })?;
+    let base = path.parent().unwrap_or(Path::new(""));
     Ok(base.join(sock))
 }
 
-fn request(cmd: &CtlCommand) -> Value {
+fn request(cmd: &CtlCommand) -> Request {
     match cmd {
-        CtlCommand::Status => json!({"cmd": "status"}),
+        CtlCommand::Status => Request::Status {},
         CtlCommand::Mode {
             action: None | Some(ModeAction::Get),
-        } => json!({"cmd": "mode.get"}),
+        } => Request::ModeGet {},
         CtlCommand::Mode {
             action:
                 Some(ModeAction::Set {
@@ -103,152 +118,127 @@ fn request(cmd: &CtlCommand) -> Value {
                     force,
                     no_persist,
                 }),
-        } => {
-            json!({"cmd": "mode.set", "mode": mode.as_str(), "force": force, "persist": !no_persist})
-        }
-        CtlCommand::Connections { plaintext } => {
-            json!({"cmd": "connections", "plaintext": plaintext})
-        }
-        CtlCommand::Reload => json!({"cmd": "reload"}),
+        } => Request::ModeSet {
+            mode: *mode,
+            force: *force,
+            persist: !no_persist,
+        },
+        CtlCommand::Connections { plaintext } => Request::Connections {
+            plaintext: *plaintext,
+        },
+        CtlCommand::Reload => Request::Reload {},
         CtlCommand::Rules { action } => match action {
-            RulesAction::List => json!({"cmd": "rules.list"}),
-            RulesAction::Export => json!({"cmd": "rules.export"}),
+            RulesAction::List => Request::RulesList {},
+            RulesAction::Export => Request::RulesExport {},
             RulesAction::Add {
                 cidr,
                 security_group,
                 account,
                 description,
                 no_persist,
-            } => json!({
-                "cmd": "rules.add", "cidr": cidr, "security_group": security_group,
-                "account": account, "description": description, "persist": !no_persist,
-            }),
-            RulesAction::Remove { id, no_persist } => {
-                json!({"cmd": "rules.remove", "id": id, "persist": !no_persist})
-            }
+            } => Request::RulesAdd {
+                cidr: cidr.clone(),
+                security_group: security_group.clone(),
+                account: account.clone(),
+                description: description.clone(),
+                persist: !no_persist,
+            },
+            RulesAction::Remove { id, no_persist } => Request::RulesRemove {
+                id: id.clone(),
+                persist: !no_persist,
+            },
             RulesAction::Copy {
                 from,
                 replace,
                 no_persist,
-            } => {
+            } => Request::RulesCopy {
                 // moat resolves relative paths from its own config directory; send ours.
-                let from = std::path::absolute(from).unwrap_or_else(|_| from.clone());
-                json!({"cmd": "rules.copy", "from": from, "replace": replace, "persist": !no_persist})
-            }
+                from: std::path::absolute(from).unwrap_or_else(|_| from.clone()),
+                replace: *replace,
+                persist: !no_persist,
+            },
         },
     }
 }
 
-fn send(socket: &Path, request: &Value) -> Result<Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is moat running with this [admin] socket?)",
-            socket.display()
-        )
+/// Sends `request`; returns the reply line as it came and what it says.
+fn send(socket: &Path, request: &Request) -> Result<(String, Result<Reply, Failure>), ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: socket.to_path_buf(),
+        source,
     })?;
     let _ = s.set_read_timeout(Some(REPLY_TIMEOUT));
+    let mut out = serde_json::to_string(request).unwrap_or_default();
+    out.push('\n');
     // moat may answer and close before reading the request (a refusal): then the write
     // fails, but the answer is there to read, and it says more than "broken pipe".
-    let sent = s.write_all(format!("{request}\n").as_bytes());
+    let sent = s.write_all(out.as_bytes());
     let mut line = String::new();
     let read = BufReader::new(&s).read_line(&mut line);
+    let socket = socket.to_path_buf();
     match (sent, read) {
         (_, Ok(n)) if n > 0 => {}
-        (Err(e), _) => return Err(format!("{}: {e}", socket.display())),
-        (Ok(()), Err(e)) => return Err(format!("{}: no reply: {e}", socket.display())),
-        (Ok(()), Ok(_)) => {
-            return Err(format!(
-                "{}: no reply: moat closed the connection",
-                socket.display()
-            ))
-        }
+        (Err(source), _) => return Err(ClientError::Send { socket, source }),
+        (Ok(()), Err(source)) => return Err(ClientError::NoReply { socket, source }),
+        (Ok(()), Ok(_)) => return Err(ClientError::Closed { socket }),
     }
-    serde_json::from_str(&line)
-        .map_err(|e| format!("{}: bad reply ({e}): {line}", socket.display()))
+    let line = line.trim_end().to_string();
+    match request.decode(&line) {
+        Ok(reply) => Ok((line, reply)),
+        Err(source) => Err(ClientError::BadReply {
+            socket,
+            source,
+            line,
+        }),
+    }
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("-")
+fn warning(reply: &Reply) -> Option<&str> {
+    match reply {
+        Reply::ModeSet(r) => r.warning.as_deref(),
+        Reply::RuleAdded(r) => r.warning.as_deref(),
+        Reply::RuleRemoved(r) => r.warning.as_deref(),
+        Reply::RulesCopied(r) => r.warning.as_deref(),
+        _ => None,
+    }
 }
 
-fn render(cmd: &CtlCommand, r: &Value) -> String {
-    match cmd {
-        CtlCommand::Status => render_status(r),
-        CtlCommand::Mode {
-            action: None | Some(ModeAction::Get),
-        } => format!("{}\n", s(r, "mode")),
-        CtlCommand::Mode {
-            action: Some(ModeAction::Set { .. }),
-        } => format!(
+fn persisted(p: bool) -> &'static str {
+    if p {
+        "saved to the config file"
+    } else {
+        "not saved"
+    }
+}
+
+fn render(cmd: &CtlCommand, reply: &Reply) -> String {
+    match reply {
+        Reply::Status(s) => render_status(s),
+        Reply::Mode(m) => format!("{}\n", m.mode),
+        Reply::ModeSet(m) => format!(
             "mode {} → {} ({}; applied in {} µs)\n",
-            s(r, "previous"),
-            s(r, "mode"),
-            if r["persisted"].as_bool() == Some(true) {
+            m.previous,
+            m.mode,
+            if m.persisted {
                 "saved to the config file"
             } else {
                 "not saved: a restart or reload returns to the file's mode"
             },
-            r["applied_in_us"].as_u64().unwrap_or(0)
+            m.applied_in_us
         ),
-        CtlCommand::Connections { .. } => {
-            connections_table(r["connections"].as_array().map_or(&[][..], |v| v))
-        }
-        CtlCommand::Rules { action } => render_rules(action, r),
-        CtlCommand::Reload => {
-            let list = |k: &str| -> String {
-                r[k].as_array()
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default()
-            };
-            let mut out = format!("reloaded: {}\n", list("applied"));
-            let restart = list("needs_restart");
-            if !restart.is_empty() {
-                out.push_str(&format!("changed but only applied at restart: {restart}\n"));
-            }
-            out
-        }
-    }
-}
-
-fn render_rules(action: &RulesAction, r: &Value) -> String {
-    let persisted = |r: &Value| {
-        if r["persisted"].as_bool() == Some(true) {
-            "saved to the config file"
-        } else {
-            "not saved"
-        }
-    };
-    let one = |v: &Value| {
-        let account = v["account"]
-            .as_str()
-            .map(|a| format!(" (account {a})"))
-            .unwrap_or_default();
-        format!(
-            "{} {} {}{account}: {}",
-            s(v, "id"),
-            s(v, "kind"),
-            s(v, "value"),
-            s(v, "description")
-        )
-    };
-    match action {
-        RulesAction::List => {
-            let rows: Vec<Vec<String>> = r["rules"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| {
+        Reply::Connections(c) => connections_table(&c.connections),
+        Reply::Reload(r) => render_reload(r),
+        Reply::RulesList(l) => {
+            let rows: Vec<Vec<String>> = l
+                .rules
+                .iter()
+                .map(|r| {
                     vec![
-                        s(v, "id").to_string(),
-                        s(v, "kind").to_string(),
-                        s(v, "value").to_string(),
-                        s(v, "account").to_string(),
-                        s(v, "description").to_string(),
+                        r.id.clone(),
+                        r.kind.clone(),
+                        r.value.clone(),
+                        r.account.clone().unwrap_or_else(|| "-".into()),
+                        r.description.clone(),
                     ]
                 })
                 .collect();
@@ -256,80 +246,102 @@ fn render_rules(action: &RulesAction, r: &Value) -> String {
                 "{}{} rule(s); sources no rule matches: {}\n",
                 table(&["ID", "KIND", "VALUE", "ACCOUNT", "DESCRIPTION"], &rows),
                 rows.len(),
-                s(r, "default")
+                l.default
             )
         }
-        RulesAction::Export => s(r, "toml").to_string(),
-        RulesAction::Add { .. } => format!("added {} ({})\n", one(&r["rule"]), persisted(r)),
-        RulesAction::Remove { .. } => {
-            format!("removed {} ({})\n", one(&r["removed"]), persisted(r))
+        Reply::RulesExport(e) => e.toml.clone(),
+        Reply::RuleAdded(r) => {
+            format!("added {} ({})\n", one_rule(&r.rule), persisted(r.persisted))
         }
-        RulesAction::Copy { from, .. } => format!(
-            "copied from {}: {} added, {} skipped (already allowed), {} removed ({})\n",
-            from.display(),
-            r["added"].as_u64().unwrap_or(0),
-            r["skipped"].as_u64().unwrap_or(0),
-            r["removed"].as_u64().unwrap_or(0),
-            persisted(r)
-        ),
+        Reply::RuleRemoved(r) => {
+            format!(
+                "removed {} ({})\n",
+                one_rule(&r.removed),
+                persisted(r.persisted)
+            )
+        }
+        Reply::RulesCopied(c) => render_copied(cmd, c),
     }
 }
 
-fn render_status(r: &Value) -> String {
-    let c = &r["connections"];
-    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+fn one_rule(v: &RuleView) -> String {
+    let account = v
+        .account
+        .as_ref()
+        .map(|a| format!(" (account {a})"))
+        .unwrap_or_default();
+    format!(
+        "{} {} {}{account}: {}",
+        v.id, v.kind, v.value, v.description
+    )
+}
+
+fn render_copied(cmd: &CtlCommand, c: &RulesCopied) -> String {
+    let from = match cmd {
+        CtlCommand::Rules {
+            action: RulesAction::Copy { from, .. },
+        } => from.display().to_string(),
+        _ => "-".into(),
+    };
+    format!(
+        "copied from {from}: {} added, {} skipped (already allowed), {} removed ({})\n",
+        c.added,
+        c.skipped,
+        c.removed,
+        persisted(c.persisted)
+    )
+}
+
+fn render_reload(r: &Reloaded) -> String {
+    let mut out = format!("reloaded: {}\n", r.applied.join(", "));
+    if !r.needs_restart.is_empty() {
+        out.push_str(&format!(
+            "changed but only applied at restart: {}\n",
+            r.needs_restart.join(", ")
+        ));
+    }
+    out
+}
+
+fn render_status(s: &Status) -> String {
+    let c = &s.connections;
+    let fw = &s.firewall;
     let mut rows = vec![
-        ("mode", s(r, "mode").to_string()),
-        ("version", s(r, "version").to_string()),
-        ("uptime", age(r["uptime_secs"].as_f64().unwrap_or(0.0))),
-        ("config", s(r, "config").to_string()),
-        ("upstream", s(r, "upstream").to_string()),
+        ("mode", s.mode.clone()),
+        ("version", s.version.clone()),
+        ("uptime", age(s.uptime_secs as f64)),
+        ("config", s.config.clone()),
+        ("upstream", s.upstream.clone()),
         (
             "connections",
             format!(
                 "{} open (tls {}, plaintext {}); egress {}",
-                n("open"),
-                n("tls"),
-                n("plaintext"),
-                n("egress")
+                c.open, c.tls, c.plaintext, c.egress
+            ),
+        ),
+        (
+            "firewall",
+            format!(
+                "default {}; {} CIDR rules, {} security-group rules ({} addresses)",
+                fw.default, fw.cidr_rules, fw.security_group_rules, fw.security_group_addresses
             ),
         ),
     ];
-    let fw = &r["firewall"];
-    rows.push((
-        "firewall",
-        format!(
-            "default {}; {} CIDR rules, {} security-group rules ({} addresses)",
-            s(fw, "default"),
-            fw["cidr_rules"].as_u64().unwrap_or(0),
-            fw["security_group_rules"].as_u64().unwrap_or(0),
-            fw["security_group_addresses"].as_u64().unwrap_or(0)
-        ),
-    ));
-    for e in r["egress"].as_array().into_iter().flatten() {
-        rows.push(("egress", format!("{} → {}", s(e, "listen"), s(e, "peer"))));
+    for e in &s.egress {
+        rows.push(("egress", format!("{} → {}", e.listen, e.peer)));
     }
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<12} {v}\n"));
     }
-    let domains: Vec<Vec<String>> = r["domains"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let domains: Vec<Vec<String>> = s
+        .domains
+        .iter()
         .map(|d| {
             vec![
-                s(d, "name").to_string(),
-                d["not_after"].as_i64().map_or("-".into(), expiry),
-                d["hostnames"]
-                    .as_array()
-                    .map(|h| {
-                        h.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                d.name.clone(),
+                d.not_after.map_or("-".into(), expiry),
+                d.hostnames.join(","),
             ]
         })
         .collect();
@@ -340,30 +352,30 @@ fn render_status(r: &Value) -> String {
     out
 }
 
-fn connections_table(conns: &[Value]) -> String {
+fn connections_table(conns: &[ConnView]) -> String {
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = conns
         .iter()
         .map(|c| {
-            let kind = s(c, "kind");
-            let transport = match (kind, s(c, "transport")) {
-                ("egress", t) => format!("egress-{t}"),
-                (_, t) => t.to_string(),
+            let transport = match (c.kind.as_str(), &c.transport) {
+                ("egress", t) => format!("egress-{}", dash(t)),
+                (_, t) => dash(t),
             };
-            let sni = match (c["sni"].as_str(), c["domain"].as_str()) {
+            let sni = match (&c.sni, &c.domain) {
                 (None, None) => "-".to_string(),
-                (sni, domain) => format!("{}/{}", sni.unwrap_or("-"), domain.unwrap_or("-")),
+                (sni, domain) => format!("{}/{}", dash(sni), dash(domain)),
             };
             vec![
-                c["id"].as_u64().unwrap_or(0).to_string(),
-                s(c, "remote").to_string(),
+                c.id.to_string(),
+                c.remote.clone(),
                 transport,
                 sni,
-                s(c, "driver").to_string(),
-                s(c, "app").to_string(),
-                s(c, "user").to_string(),
-                age(c["age_secs"].as_f64().unwrap_or(0.0)),
-                bytes(c["bytes_in"].as_u64().unwrap_or(0)),
-                bytes(c["bytes_out"].as_u64().unwrap_or(0)),
+                dash(&c.driver),
+                dash(&c.app),
+                dash(&c.user),
+                age(c.age_secs),
+                bytes(c.bytes_in),
+                bytes(c.bytes_out),
             ]
         })
         .collect();
@@ -382,8 +394,8 @@ fn connections_table(conns: &[Value]) -> String {
     format!("{}{} connection(s)\n", table(&head, &rows), rows.len())
 }
 
-/// Left-aligned columns, two spaces apart. Cells can hold what clients sent (driver, app,
-/// user, SNI): their control characters are escaped so they cannot drive the terminal.
+/// Left-aligned columns, two spaces apart. Cells are escaped: client-chosen strings
+/// (driver, app, user, SNI) must not drive the operator's terminal.
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -440,13 +452,8 @@ fn bytes(n: u64) -> String {
 
 /// `2027-12-27 (397 days)`.
 fn expiry(not_after: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let days = (not_after - now).div_euclid(86_400);
-    let date = time::OffsetDateTime::from_unix_timestamp(not_after)
-        .map(|t| t.date().to_string())
-        .unwrap_or_else(|_| not_after.to_string());
+    let days = (not_after - clock::unix_secs()).div_euclid(86_400);
+    let date = clock::date(not_after);
     if days < 0 {
         format!("{date} (EXPIRED)")
     } else {
@@ -466,11 +473,20 @@ mod tests {
 
     #[test]
     fn client_strings_in_the_connections_table_cannot_drive_the_terminal() {
-        let conns = [json!({
-            "id": 7, "remote": "10.0.0.5:5000", "kind": "client", "transport": "tls",
-            "sni": "db\u{1b}]0;owned\u{7}", "domain": "default",
-            "driver": "evil\n7  10.0.0.6:1  tls  root", "app": "a\u{9b}2J", "user": "x\ry@admin",
-        })];
+        let conns = [ConnView {
+            id: 7,
+            remote: "10.0.0.5:5000".into(),
+            kind: "client".into(),
+            transport: Some("tls".into()),
+            sni: Some("db\u{1b}]0;owned\u{7}".into()),
+            domain: Some("default".into()),
+            age_secs: 0.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            driver: Some("evil\n7  10.0.0.6:1  tls  root".into()),
+            app: Some("a\u{9b}2J".into()),
+            user: Some("x\ry@admin".into()),
+        }];
         let t = connections_table(&conns);
         assert_eq!(t.lines().count(), 3, "{t}");
         assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::admin::ops::Control;
 use crate::events;
 use crate::shutdown::Shutdown;
+use ops::Control;
+use protocol::{Failure, Reply, Request};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -108,14 +110,28 @@ fn allowed(stream: &UnixStream) -> bool {
     matches!(stream.peer_cred(), Ok(c) if c.uid() == me || c.uid() == 0)
 }
 
+/// Writes one reply line.
+async fn send(w: &mut OwnedWriteHalf, reply: &Result<Reply, Failure>) -> io::Result<()> {
+    let mut line = protocol::encode(reply);
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
+}
+
+/// `bad request: ...` for a line that is not a request.
+fn parse(line: &[u8]) -> Result<Request, Failure> {
+    std::str::from_utf8(line)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(s.trim()).map_err(|e| e.to_string()))
+        .map_err(|e| Failure::new(format!("bad request: {e}")))
+}
+
 async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     if !allowed(w.as_ref()) {
-        let reply = protocol::error(
+        let refusal = Failure::new(
             "permission denied: only moat's own user or root may use the admin socket",
         );
-        w.write_all(format!("{reply}\n").as_bytes()).await?;
-        return Ok(());
+        return send(&mut w, &Err(refusal)).await;
     }
     let mut r = BufReader::new(r);
     let mut line = Vec::new();
@@ -125,9 +141,8 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
         let read = limited.read_until(b'\n', &mut line);
         let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
             Err(_) => {
-                let reply = protocol::error("no complete request line within 10s; closing");
-                w.write_all(format!("{reply}\n").as_bytes()).await?;
-                return Ok(());
+                let late = Failure::new("no complete request line within 10s; closing");
+                return send(&mut w, &Err(late)).await;
             }
             Ok(r) => r?,
         };
@@ -135,11 +150,13 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
             return Ok(());
         }
         if line.len() > MAX_REQUEST {
-            let reply = protocol::error("request longer than 64 KiB; closing");
-            w.write_all(format!("{reply}\n").as_bytes()).await?;
-            return Ok(());
+            let long = Failure::new("request longer than 64 KiB; closing");
+            return send(&mut w, &Err(long)).await;
         }
-        let reply = protocol::dispatch(control, &line).await;
-        w.write_all(format!("{reply}\n").as_bytes()).await?;
+        let reply = match parse(&line) {
+            Ok(request) => control.handle(request).await,
+            Err(bad) => Err(bad),
+        };
+        send(&mut w, &reply).await?;
     }
 }

@@ -1,22 +1,31 @@
 //! The control plane: what `moat ctl` and SIGHUP can change while moat serves — the SSL
-//! mode, and everything a reload re-reads. Each change is validated in full first and then
-//! applied with single atomic stores; changes are serialised by one async lock that the
-//! data path never touches.
+//! mode, the firewall rules, and everything a reload re-reads. Each change is validated in
+//! full first and then applied with single atomic stores; changes are serialised by one
+//! async lock that the data path never touches.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Mutex;
+use toml_edit::DocumentMut;
 
-use crate::admin::persist::{self, PersistError};
-use crate::app;
-use crate::egress::{Egress, Target};
+use super::persist::{self, DocError, PersistError, RulesFileError};
+use super::protocol::{
+    ConnView, ConnectionCounts, Connections, DomainView, EgressView, Failure, FirewallView,
+    ModeReply, ModeSet, Reloaded, Reply, Request, RuleAdded, RuleRemoved, RuleView, RulesCopied,
+    RulesExport, RulesList, Status,
+};
+use crate::config::load::{self, Loaded};
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::error::ConfigErrors;
 use crate::events;
-use crate::firewall::plane::{self, FirewallPlane, InventoryChange};
-use crate::firewall::Rule;
+use crate::firewall::plane::{FirewallPlane, InventoryChange, PlaneError};
+use crate::firewall::{Rule, RuleError};
 use crate::policy::{Mode, Transport};
 use crate::registry::{Conn, Kind};
 use crate::shared::{Settings, Shared};
@@ -30,62 +39,71 @@ pub struct RestartKeys {
     pub max_connections: usize,
     pub admin_socket: Option<PathBuf>,
     pub egress: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RestartKeys {
-    pub fn of(cfg: &crate::config::Config) -> RestartKeys {
+    pub fn of(cfg: &Config) -> RestartKeys {
         RestartKeys {
             listen: cfg.listen.address,
             max_connections: cfg.listen.max_connections,
             admin_socket: cfg.admin.socket.clone(),
             egress: cfg.egress.iter().map(|e| e.listen).collect(),
+            metrics: cfg.metrics.as_ref().map(|m| m.listen),
         }
     }
 
-    fn changed(&self, new: &RestartKeys) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.listen != new.listen {
-            v.push("listen.address");
-        }
-        if self.max_connections != new.max_connections {
-            v.push("listen.max_connections");
-        }
-        if self.admin_socket != new.admin_socket {
-            v.push("admin.socket");
-        }
-        if self.egress != new.egress {
-            v.push("egress[].listen");
-        }
-        v
+    fn changed(&self, new: &RestartKeys) -> Vec<String> {
+        let keys = [
+            (self.listen != new.listen, "listen.address"),
+            (
+                self.max_connections != new.max_connections,
+                "listen.max_connections",
+            ),
+            (self.admin_socket != new.admin_socket, "admin.socket"),
+            (self.egress != new.egress, "egress[].listen"),
+            (self.metrics != new.metrics, "metrics.listen"),
+        ];
+        keys.iter()
+            .filter(|(changed, _)| *changed)
+            .map(|(_, k)| k.to_string())
+            .collect()
     }
 }
 
 /// Why a mode change was refused.
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum ModeError {
-    /// A TLS-accepting mode without any certificate configured.
+    #[error("mode {0} accepts TLS clients but no [[tls.domains]] certificate is loaded: add one to the config and reload first")]
     NoCertificates(Mode),
-    /// requireSSL while plaintext clients are connected (without `force`).
+    #[error("{} plaintext connection{} open: requireSSL would refuse their reconnects. Move those clients to TLS (see the list), or use --force", .0.len(), if .0.len() == 1 { " is" } else { "s are" })]
     PlaintextOpen(Vec<Arc<Conn>>),
-    Persist(PersistError),
+    #[error("mode not changed: {0}")]
+    Persist(#[from] PersistError),
 }
 
-impl std::fmt::Display for ModeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModeError::NoCertificates(m) => write!(
-                f,
-                "mode {m} accepts TLS clients but no [[tls.domains]] certificate is loaded: add one to the config and reload first"
-            ),
-            ModeError::PlaintextOpen(v) => write!(
-                f,
-                "{} plaintext connection{} open: requireSSL would refuse their reconnects. Move those clients to TLS (see the list), or use --force",
-                v.len(),
-                if v.len() == 1 { " is" } else { "s are" }
-            ),
-            ModeError::Persist(e) => write!(f, "mode not changed: {e}"),
-        }
-    }
+/// Why a reload kept the running configuration.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    LogLevel(String),
+    #[error("the reload did not finish: {0}")]
+    Task(String),
+}
+
+/// Why a rule change was refused; nothing changed, in the file or in the running moat.
+#[derive(Debug, Error)]
+pub enum RulesError {
+    #[error("{0}")]
+    Rule(#[from] RuleError),
+    #[error("{0}")]
+    Plane(#[from] PlaneError),
+    #[error("{0}")]
+    File(#[from] RulesFileError),
+    #[error("rules not changed: {0}; the running firewall is unchanged")]
+    Persist(#[from] PersistError),
 }
 
 /// What the control plane operates on.
@@ -107,7 +125,7 @@ impl Control {
         resumption: Resumption,
         log: Option<LogHandle>,
         egress: Vec<Arc<Egress>>,
-        boot: RestartKeys,
+        config: &Config,
         plane: FirewallPlane,
     ) -> Control {
         Control {
@@ -116,8 +134,82 @@ impl Control {
             resumption,
             log,
             egress,
-            boot,
+            boot: RestartKeys::of(config),
             plane: Mutex::new(plane),
+        }
+    }
+
+    /// Runs one admin request.
+    pub async fn handle(&self, request: Request) -> Result<Reply, Failure> {
+        let failed = |e: &dyn std::fmt::Display| Failure::new(e.to_string());
+        match request {
+            Request::Status {} => Ok(Reply::Status(self.status())),
+            Request::ModeGet {} => Ok(Reply::Mode(ModeReply {
+                mode: self.shared.mode().as_str().into(),
+            })),
+            Request::ModeSet {
+                mode,
+                force,
+                persist,
+            } => match self.set_mode(mode, force, persist).await {
+                Ok(r) => Ok(Reply::ModeSet(r)),
+                Err(e) => Err(Failure {
+                    error: e.to_string(),
+                    plaintext_connections: match &e {
+                        ModeError::PlaintextOpen(conns) => {
+                            conns.iter().map(|c| conn_view(c)).collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                }),
+            },
+            Request::Connections { plaintext } => {
+                Ok(Reply::Connections(self.connections(plaintext)))
+            }
+            Request::Reload {} => self.reload().await.map(Reply::Reload).map_err(|e| {
+                failed(&format_args!(
+                    "reload failed, running configuration kept: {e}"
+                ))
+            }),
+            Request::RulesList {} => Ok(Reply::RulesList(self.rules_list())),
+            Request::RulesExport {} => Ok(Reply::RulesExport(RulesExport {
+                toml: persist::export(self.shared.firewall().rules()),
+            })),
+            Request::RulesAdd {
+                cidr,
+                security_group,
+                account,
+                description,
+                persist,
+            } => {
+                let rule = Rule::parse(
+                    cidr.as_deref(),
+                    security_group.as_deref(),
+                    account.as_deref(),
+                    &description,
+                );
+                match rule {
+                    Ok(r) => self.rules_add(r, persist).await.map(Reply::RuleAdded),
+                    Err(e) => Err(RulesError::from(e)),
+                }
+                .map_err(|e| failed(&e))
+            }
+            Request::RulesRemove { id, persist } => self
+                .rules_remove(&id, persist)
+                .await
+                .map(Reply::RuleRemoved)
+                .map_err(|e| failed(&e)),
+            Request::RulesCopy {
+                from,
+                replace,
+                persist,
+            } => {
+                let base = self.config_path.parent().unwrap_or(Path::new(""));
+                self.rules_copy(base.join(from), replace, persist)
+                    .await
+                    .map(Reply::RulesCopied)
+                    .map_err(|e| failed(&e))
+            }
         }
     }
 
@@ -127,7 +219,7 @@ impl Control {
         mode: Mode,
         force: bool,
         persist: bool,
-    ) -> Result<Value, ModeError> {
+    ) -> Result<ModeSet, ModeError> {
         let _one_at_a_time = self.plane.lock().await;
         let previous = self.shared.mode();
         if mode.accepts_tls() && self.shared.tls().is_none() {
@@ -141,8 +233,7 @@ impl Control {
         }
         let warning = if persist {
             self.persist(move |d| persist::set_value(d, "tls", "mode", mode.as_str().into()))
-                .await
-                .map_err(ModeError::Persist)?
+                .await?
         } else {
             None
         };
@@ -155,16 +246,13 @@ impl Control {
             "moat ctl, not saved: a restart or reload returns to the file's mode"
         };
         events::mode_changed(previous, mode, how);
-        Ok(with_warning(
-            json!({
-                "ok": true,
-                "mode": mode.as_str(),
-                "previous": previous.as_str(),
-                "persisted": persist,
-                "applied_in_us": applied.as_micros() as u64,
-            }),
+        Ok(ModeSet {
+            mode: mode.as_str().into(),
+            previous: previous.as_str().into(),
+            persisted: persist,
+            applied_in_us: applied.as_micros() as u64,
             warning,
-        ))
+        })
     }
 
     fn plaintext_clients(&self) -> Vec<Arc<Conn>> {
@@ -177,73 +265,91 @@ impl Control {
     }
 
     /// Re-reads the config file and everything it names; applies it all or nothing.
-    pub async fn reload(&self) -> Result<Value, String> {
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let mut plane = self.plane.lock().await;
         let path = self.config_path.clone();
         let resumption = self.resumption.clone();
-        let loaded = tokio::task::spawn_blocking(move || app::load(&path, &resumption))
+        let loaded = tokio::task::spawn_blocking(move || load::load(&path, &resumption))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string());
+            .map_err(|e| ReloadError::Task(e.to_string()))
+            .and_then(|r| r.map_err(ReloadError::from));
         self.shared.metrics.reload(loaded.is_ok());
         let loaded = loaded?;
-        for w in app::warnings(&loaded) {
+        for w in loaded.warnings() {
             events::config_warning(&w);
         }
-        // Egress targets were built by `load`; match them to the running listeners.
-        let targets: Vec<(Arc<Egress>, Target)> = loaded
-            .config
-            .egress
-            .iter()
-            .zip(loaded.egress)
-            .filter_map(|(cfg, t)| {
-                let eg = self.egress.iter().find(|e| e.listen == cfg.listen)?;
-                Some((eg.clone(), t))
-            })
-            .collect();
+        let Loaded {
+            config,
+            upstream,
+            tls,
+            egress,
+            plane: mut new_plane,
+            inventory_error,
+            ..
+        } = loaded;
         if let Some(log) = &self.log {
-            log.set_level(&loaded.config.log.level)?;
+            log.set_level(&config.log.level)
+                .map_err(ReloadError::LogLevel)?;
         }
         let mut applied = Vec::new();
-        let domains = loaded.config.tls.domains.len();
-        self.shared.set_tls(loaded.tls);
-        warn_expiring(&self.shared);
-        applied.push(format!("{domains} TLS domain(s) re-read"));
-        for (eg, t) in targets {
-            eg.target.store(Arc::new(t));
+        let domains = config.tls.domains.len();
+        self.shared.set_tls(tls);
+        if let Some(tls) = self.shared.tls() {
+            tls.warn_expiring();
         }
-        let settings = Settings::from_config(&loaded.config, loaded.upstream);
+        applied.push(format!("{domains} TLS domain(s) re-read"));
+        // Egress targets were built by `load`; match them to the running listeners.
+        for (cfg, target) in config.egress.iter().zip(egress) {
+            if let Some(eg) = self.egress.iter().find(|e| e.listen == cfg.listen) {
+                eg.target.store(Arc::new(target));
+            }
+        }
+        let settings = Settings::from_config(&config, upstream);
         applied.push(format!("upstream {}", settings.upstream));
         self.shared.set_settings(settings);
         let previous = self.shared.mode();
-        let mode = loaded.config.tls.mode;
+        let mode = config.tls.mode;
         if mode != previous {
             self.shared.set_mode(mode);
             events::mode_changed(previous, mode, "reload");
         }
         applied.push(format!("mode {mode}"));
-        let rules = loaded.config.rules();
-        if let InventoryChange::Failed(e) = plane.reconfigure(&loaded.config.firewall, rules) {
-            events::inventory_failed(&inventory_name(&plane), &e, plane.inventory.interfaces);
+        if let Some(e) = inventory_error {
+            new_plane.keep_last_good(&plane);
+            events::inventory_failed(
+                &new_plane.inventory_name(),
+                &e,
+                new_plane.inventory.interfaces,
+            );
         }
+        *plane = new_plane;
         self.shared
             .set_firewall(tokio::task::block_in_place(|| plane.compile()));
         applied.push(format!("{} firewall rules", plane.rules.len()));
-        applied.push(format!("log level {}", loaded.config.log.level));
-        let restart = self
-            .boot
-            .changed(&crate::admin::ops::RestartKeys::of(&loaded.config));
-        events::reloaded(&applied.join(", "), &restart.join(", "));
-        Ok(json!({
-            "ok": true,
-            "applied": applied,
-            "needs_restart": restart,
-            "mode": mode.as_str(),
-        }))
+        applied.push(format!("log level {}", config.log.level));
+        let needs_restart = self.boot.changed(&RestartKeys::of(&config));
+        events::reloaded(&applied.join(", "), &needs_restart.join(", "));
+        Ok(Reloaded {
+            applied,
+            needs_restart,
+            mode: mode.as_str().into(),
+        })
+    }
+
+    /// SIGHUP does what `moat ctl reload` does.
+    pub async fn reload_on_sighup(self: Arc<Self>) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = self.reload().await {
+                events::reload_failed(&e.to_string().replace('\n', "; "));
+            }
+        }
     }
 
     /// `moat ctl status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> Status {
         let conns = self.shared.registry.snapshot();
         let count = |k: Kind, t: Option<Transport>| {
             conns
@@ -251,99 +357,101 @@ impl Control {
                 .filter(|c| c.kind == k && (t.is_none() || c.transport() == t))
                 .count()
         };
-        let domains: Vec<Value> = self
+        let domains = self
             .shared
             .tls()
             .map(|t| {
                 t.resolver
                     .domains()
                     .iter()
-                    .map(|d| json!({"name": d.name, "hostnames": d.hostnames, "not_after": d.not_after}))
+                    .map(|d| DomainView {
+                        name: d.name.clone(),
+                        hostnames: d.hostnames.clone(),
+                        not_after: d.not_after,
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let uptime = self
+        let uptime_secs = self
             .shared
             .started
             .elapsed()
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let fw = self.shared.firewall();
-        let (cidr, groups, addresses) = fw.counts();
-        json!({
-            "ok": true,
-            "version": env!("CARGO_PKG_VERSION"),
-            "mode": self.shared.mode().as_str(),
-            "uptime_secs": uptime,
-            "config": self.config_path.display().to_string(),
-            "upstream": self.shared.settings().upstream.to_string(),
-            "connections": {
-                "open": count(Kind::Client, None),
-                "tls": count(Kind::Client, Some(Transport::Tls)),
-                "plaintext": count(Kind::Client, Some(Transport::Plaintext)),
-                "egress": count(Kind::Egress, None),
+        let (cidr_rules, security_group_rules, security_group_addresses) = fw.counts();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: self.shared.mode().as_str().into(),
+            uptime_secs,
+            config: self.config_path.display().to_string(),
+            upstream: self.shared.settings().upstream.to_string(),
+            connections: ConnectionCounts {
+                open: count(Kind::Client, None),
+                tls: count(Kind::Client, Some(Transport::Tls)),
+                plaintext: count(Kind::Client, Some(Transport::Plaintext)),
+                egress: count(Kind::Egress, None),
             },
-            "domains": domains,
-            "firewall": {
-                "default": policy_name(fw.default_policy()),
-                "cidr_rules": cidr,
-                "security_group_rules": groups,
-                "security_group_addresses": addresses,
+            domains,
+            firewall: FirewallView {
+                default: fw.default_policy().as_str().into(),
+                cidr_rules,
+                security_group_rules,
+                security_group_addresses,
             },
-            "egress": self.egress.iter().map(|e| json!({
-                "listen": e.listen.to_string(),
-                "peer": e.target.load().peer.clone(),
-            })).collect::<Vec<_>>(),
-        })
+            egress: self
+                .egress
+                .iter()
+                .map(|e| EgressView {
+                    listen: e.listen.to_string(),
+                    peer: e.target.load().peer.clone(),
+                })
+                .collect(),
+        }
     }
 
     /// `moat ctl connections`.
-    pub fn connections(&self, plaintext_only: bool) -> Value {
-        let list: Vec<Value> = self
+    pub fn connections(&self, plaintext_only: bool) -> Connections {
+        let connections = self
             .shared
             .registry
             .snapshot()
             .iter()
             .filter(|c| !plaintext_only || c.transport() == Some(Transport::Plaintext))
-            .map(|c| conn_json(c))
+            .map(|c| conn_view(c))
             .collect();
-        json!({"ok": true, "connections": list})
+        Connections { connections }
     }
-}
 
-impl Control {
     /// `rules.list`.
-    pub fn rules_list(&self) -> Value {
+    pub fn rules_list(&self) -> RulesList {
         let fw = self.shared.firewall();
-        let rules: Vec<_> = fw.rules().iter().map(Rule::view).collect();
-        json!({"ok": true, "default": policy_name(fw.default_policy()), "rules": rules})
-    }
-
-    /// `rules.export`: the rules as `[[firewall.rules]]` TOML.
-    pub fn rules_export(&self) -> Value {
-        json!({"ok": true, "toml": plane::export(self.shared.firewall().rules())})
+        RulesList {
+            default: fw.default_policy().as_str().into(),
+            rules: fw.rules().iter().map(RuleView::from).collect(),
+        }
     }
 
     /// `rules.add`.
-    pub async fn rules_add(&self, rule: Rule, persist: bool) -> Result<Value, String> {
-        let view = rule.view();
+    pub async fn rules_add(&self, rule: Rule, persist: bool) -> Result<RuleAdded, RulesError> {
+        let view = RuleView::from(&rule);
         let saved = rule.clone();
         let warning = self
             .edit_rules(
                 move |plane| plane.add(rule),
-                persist
-                    .then_some(move |doc: &mut toml_edit::DocumentMut| plane::add_in(doc, &saved)),
+                persist.then_some(move |doc: &mut DocumentMut| persist::add_in(doc, &saved)),
                 &format!("added {} {} ({})", view.id, view.value, view.description),
             )
             .await?;
-        Ok(with_warning(
-            json!({"ok": true, "rule": view, "persisted": persist}),
+        Ok(RuleAdded {
+            rule: view,
+            persisted: persist,
             warning,
-        ))
+        })
     }
 
     /// `rules.remove`.
-    pub async fn rules_remove(&self, id: String, persist: bool) -> Result<Value, String> {
+    pub async fn rules_remove(&self, id: &str, persist: bool) -> Result<RuleRemoved, RulesError> {
         let rule = self
             .shared
             .firewall()
@@ -351,21 +459,21 @@ impl Control {
             .iter()
             .find(|r| r.id == id)
             .cloned()
-            .ok_or_else(|| format!("no rule has id `{id}` (see moat ctl rules list)"))?;
-        let view = rule.view();
+            .ok_or_else(|| PlaneError::NoSuchRule(id.to_string()))?;
+        let view = RuleView::from(&rule);
+        let id = id.to_string();
         let warning = self
             .edit_rules(
-                move |plane| plane.remove(&id).map(|_| ()),
-                persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
-                    plane::remove_in(doc, &rule)
-                }),
+                move |plane| plane.remove(&id).map(drop),
+                persist.then_some(move |doc: &mut DocumentMut| persist::remove_in(doc, &rule)),
                 &format!("removed {} {} ({})", view.id, view.value, view.description),
             )
             .await?;
-        Ok(with_warning(
-            json!({"ok": true, "removed": view, "persisted": persist}),
+        Ok(RuleRemoved {
+            removed: view,
+            persisted: persist,
             warning,
-        ))
+        })
     }
 
     /// `rules.copy`: merges (or with `replace`, substitutes) another deployment's rules.
@@ -374,27 +482,23 @@ impl Control {
         from: PathBuf,
         replace: bool,
         persist: bool,
-    ) -> Result<Value, String> {
-        let incoming = tokio::task::spawn_blocking(move || plane::read_rules_file(&from))
+    ) -> Result<RulesCopied, RulesError> {
+        let incoming = tokio::task::spawn_blocking(move || persist::read_rules_file(&from))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| PersistError::Task(e.to_string()))??;
         let for_file = incoming.clone();
-        let counts = Arc::new(std::sync::Mutex::new((0, 0, 0)));
-        let c = counts.clone();
-        let edit = move |plane: &mut FirewallPlane| {
-            let r = plane.merge(incoming, replace)?;
-            if let Ok(mut c) = c.lock() {
-                *c = r;
-            }
+        let mut counts = (0, 0, 0);
+        let edit = |plane: &mut FirewallPlane| {
+            counts = plane.merge(incoming, replace)?;
             Ok(())
         };
         // The file is merged on its own terms: rules written into it by hand since start
         // stay (unless `replace` asks for exactly the copied set).
-        let write = persist.then_some(move |doc: &mut toml_edit::DocumentMut| {
+        let write = persist.then_some(move |doc: &mut DocumentMut| {
             if replace {
-                plane::replace_in(doc, &for_file)
+                persist::replace_in(doc, &for_file)
             } else {
-                for_file.iter().try_for_each(|r| plane::add_in(doc, r))
+                for_file.iter().try_for_each(|r| persist::add_in(doc, r))
             }
         });
         let what = if replace {
@@ -403,11 +507,14 @@ impl Control {
             "rules merged from a copy"
         };
         let warning = self.edit_rules(edit, write, what).await?;
-        let (added, skipped, removed) = counts.lock().map(|c| *c).unwrap_or_default();
-        Ok(with_warning(
-            json!({"ok": true, "added": added, "skipped": skipped, "removed": removed, "persisted": persist}),
+        let (added, skipped, removed) = counts;
+        Ok(RulesCopied {
+            added,
+            skipped,
+            removed,
+            persisted: persist,
             warning,
-        ))
+        })
     }
 
     /// Applies `edit` to the plane, writes the change into the config file with `write`
@@ -419,10 +526,10 @@ impl Control {
         edit: E,
         write: Option<W>,
         what: &str,
-    ) -> Result<Option<String>, String>
+    ) -> Result<Option<String>, RulesError>
     where
-        E: FnOnce(&mut FirewallPlane) -> Result<(), String>,
-        W: FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String> + Send + 'static,
+        E: FnOnce(&mut FirewallPlane) -> Result<(), PlaneError>,
+        W: FnOnce(&mut DocumentMut) -> Result<(), DocError> + Send + 'static,
     {
         let mut plane = self.plane.lock().await;
         let before = plane.rules.clone();
@@ -433,9 +540,7 @@ impl Control {
                 Ok(w) => warning = w,
                 Err(e) => {
                     plane.rules = before;
-                    return Err(format!(
-                        "rules not changed: {e}; the running firewall is unchanged"
-                    ));
+                    return Err(e.into());
                 }
             }
         }
@@ -449,12 +554,12 @@ impl Control {
     /// warning for the reply.
     async fn persist<W>(&self, write: W) -> Result<Option<String>, PersistError>
     where
-        W: FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String> + Send + 'static,
+        W: FnOnce(&mut DocumentMut) -> Result<(), DocError> + Send + 'static,
     {
         let path = self.config_path.clone();
         let saved = tokio::task::spawn_blocking(move || persist::edit(&path, write))
             .await
-            .unwrap_or_else(|e| Err(PersistError::Edit(e.to_string())))?;
+            .map_err(|e| PersistError::Task(e.to_string()))??;
         let warning = saved.warning(&self.config_path);
         if let Some(w) = &warning {
             events::config_warning(w);
@@ -464,7 +569,7 @@ impl Control {
 
     /// Re-reads the security-group inventory if its file changed; returns how long to wait
     /// before the next look.
-    pub async fn refresh_inventory(&self) -> std::time::Duration {
+    pub async fn refresh_inventory(&self) -> Duration {
         let mut plane = self.plane.lock().await;
         match plane.check_inventory() {
             InventoryChange::Loaded => {
@@ -472,71 +577,48 @@ impl Control {
                 let (_, _, addresses) = fw.counts();
                 self.shared.set_firewall(fw);
                 events::inventory_loaded(
-                    &inventory_name(&plane),
+                    &plane.inventory_name(),
                     plane.inventory.interfaces,
                     addresses,
                 );
             }
             InventoryChange::Failed(e) => {
-                events::inventory_failed(&inventory_name(&plane), &e, plane.inventory.interfaces)
+                events::inventory_failed(&plane.inventory_name(), &e, plane.inventory.interfaces)
             }
             InventoryChange::Unchanged | InventoryChange::StillFailing => {}
         }
         plane.refresh
     }
-}
 
-fn inventory_name(plane: &FirewallPlane) -> String {
-    plane
-        .inventory_path
-        .as_ref()
-        .map_or_else(|| "-".to_string(), |p| p.display().to_string())
-}
-
-/// `deny` / `allow`.
-pub fn policy_name(p: crate::firewall::DefaultPolicy) -> &'static str {
-    match p {
-        crate::firewall::DefaultPolicy::Deny => "deny",
-        crate::firewall::DefaultPolicy::Allow => "allow",
-    }
-}
-
-/// Certificates expire quietly; this is said at start, at each reload and twice a day.
-pub const EXPIRY_WARNING_DAYS: i64 = 14;
-
-/// Logs a warning for each domain whose certificate expires within 14 days.
-pub fn warn_expiring(shared: &Shared) {
-    if let Some(tls) = shared.tls() {
-        for (name, days, not_after) in tls.expiring_within(EXPIRY_WARNING_DAYS) {
-            events::certificate_expiring(name, days, &crate::tls::date(not_after));
+    /// Re-reads the security-group inventory whenever its file changes.
+    pub async fn watch_inventory(self: Arc<Self>) {
+        loop {
+            let wait = self.refresh_inventory().await;
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
-/// `reply` with `"warning": w` added when there is one.
-fn with_warning(mut reply: Value, warning: Option<String>) -> Value {
-    if let Some(w) = warning {
-        reply["warning"] = Value::String(w);
-    }
-    reply
-}
-
-/// One connection as the admin protocol shows it (stable keys).
-pub fn conn_json(c: &Conn) -> Value {
+/// One connection as the admin protocol shows it.
+pub fn conn_view(c: &Conn) -> ConnView {
     use std::sync::atomic::Ordering::Relaxed;
     let tls = c.tls.get();
-    json!({
-        "id": c.id,
-        "remote": c.remote.to_string(),
-        "kind": match c.kind { Kind::Client => "client", Kind::Egress => "egress" },
-        "transport": c.transport().map(Transport::as_str),
-        "sni": tls.and_then(|t| t.sni.clone()),
-        "domain": tls.map(|t| t.domain.clone()),
-        "age_secs": c.started.elapsed().as_secs_f64(),
-        "bytes_in": c.bytes_in.load(Relaxed),
-        "bytes_out": c.bytes_out.load(Relaxed),
-        "driver": c.driver.get(),
-        "app": c.app.get(),
-        "user": c.user.get(),
-    })
+    ConnView {
+        id: c.id,
+        remote: c.remote.to_string(),
+        kind: match c.kind {
+            Kind::Client => "client",
+            Kind::Egress => "egress",
+        }
+        .into(),
+        transport: c.transport().map(|t| t.as_str().into()),
+        sni: tls.and_then(|t| t.sni.clone()),
+        domain: tls.map(|t| t.domain.clone()),
+        age_secs: c.started.elapsed().as_secs_f64(),
+        bytes_in: c.bytes_in.load(Relaxed),
+        bytes_out: c.bytes_out.load(Relaxed),
+        driver: c.driver.get().cloned(),
+        app: c.app.get().cloned(),
+        user: c.user.get().cloned(),
+    }
 }

@@ -1,23 +1,33 @@
-//! Admin requests and their replies (see SPEC "Admin socket protocol").
+//! The admin protocol (SPEC "Admin socket protocol"): one JSON object per line each way.
+//! These types are the protocol: the server reads [`Request`] and writes a [`Reply`] or a
+//! [`Failure`]; `moat ctl` writes the same [`Request`] and reads the same replies back. A
+//! renamed field fails to compile on both sides at once.
+//!
+//! A reply line is the reply's own fields plus `"ok": true`, or a [`Failure`]'s fields plus
+//! `"ok": false`.
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::path::PathBuf;
 
-use crate::admin::ops::{conn_json, Control, ModeError};
-use crate::firewall::Rule;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::firewall::{Rule, Source};
 use crate::policy::Mode;
 
 /// One request: `{"cmd": "...", ...}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", deny_unknown_fields)]
 pub enum Request {
     #[serde(rename = "status")]
-    Status,
+    Status {},
     #[serde(rename = "mode.get")]
-    ModeGet,
+    ModeGet {},
     #[serde(rename = "mode.set")]
     ModeSet {
-        mode: String,
+        #[serde(deserialize_with = "mode_by_name")]
+        mode: Mode,
         #[serde(default)]
         force: bool,
         #[serde(default = "yes")]
@@ -29,9 +39,9 @@ pub enum Request {
         plaintext: bool,
     },
     #[serde(rename = "reload")]
-    Reload,
+    Reload {},
     #[serde(rename = "rules.list")]
-    RulesList,
+    RulesList {},
     #[serde(rename = "rules.add")]
     RulesAdd {
         cidr: Option<String>,
@@ -52,98 +62,472 @@ pub enum Request {
     RulesCopy {
         /// Another deployment's moat config, or a `rules.export` file; relative paths are
         /// taken from moat's config directory.
-        from: String,
+        from: PathBuf,
         #[serde(default)]
         replace: bool,
         #[serde(default = "yes")]
         persist: bool,
     },
     #[serde(rename = "rules.export")]
-    RulesExport,
+    RulesExport {},
 }
 
 fn yes() -> bool {
     true
 }
 
-/// `{"ok": false, "error": msg}`.
-pub fn error(msg: &str) -> Value {
-    json!({"ok": false, "error": msg})
+/// A mode by its name, any case (`requiressl` too), with the CLI's error message.
+fn mode_by_name<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
-fn reply(r: Result<Value, String>) -> Value {
-    r.unwrap_or_else(|e| error(&e))
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub error: String,
+    /// For a refused `mode.set requireSSL`: the plaintext clients still connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plaintext_connections: Vec<ConnView>,
 }
 
-/// Parses one request line and runs it.
-pub async fn dispatch(control: &Control, line: &[u8]) -> Value {
-    let req: Request = match std::str::from_utf8(line)
-        .map_err(|e| e.to_string())
-        .and_then(|s| serde_json::from_str(s.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
-        Err(e) => return error(&format!("bad request: {e}")),
-    };
-    match req {
-        Request::Status => control.status(),
-        Request::ModeGet => json!({"ok": true, "mode": control.shared.mode().as_str()}),
-        Request::ModeSet {
-            mode,
-            force,
-            persist,
-        } => {
-            let mode: Mode = match mode.parse() {
-                Ok(m) => m,
-                Err(e) => return error(&e),
-            };
-            match control.set_mode(mode, force, persist).await {
-                Ok(v) => v,
-                Err(e) => {
-                    let mut v = error(&e.to_string());
-                    if let ModeError::PlaintextOpen(conns) = &e {
-                        v["plaintext_connections"] = conns.iter().map(|c| conn_json(c)).collect();
-                    }
-                    v
-                }
-            }
+impl Failure {
+    pub fn new(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            plaintext_connections: Vec::new(),
         }
-        Request::Connections { plaintext } => control.connections(plaintext),
-        Request::Reload => match control.reload().await {
-            Ok(v) => v,
-            Err(e) => error(&format!("reload failed, running configuration kept: {e}")),
-        },
-        Request::RulesList => control.rules_list(),
-        Request::RulesExport => control.rules_export(),
-        Request::RulesAdd {
-            cidr,
-            security_group,
+    }
+}
+
+/// What a request gets back when it succeeds; one variant per request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Status),
+    Mode(ModeReply),
+    ModeSet(ModeSet),
+    Connections(Connections),
+    Reload(Reloaded),
+    RulesList(RulesList),
+    RuleAdded(RuleAdded),
+    RuleRemoved(RuleRemoved),
+    RulesCopied(RulesCopied),
+    RulesExport(RulesExport),
+}
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub mode: String,
+    pub uptime_secs: u64,
+    pub config: String,
+    pub upstream: String,
+    pub connections: ConnectionCounts,
+    pub domains: Vec<DomainView>,
+    pub firewall: FirewallView,
+    pub egress: Vec<EgressView>,
+}
+
+/// Open connections by kind and transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    pub open: usize,
+    pub tls: usize,
+    pub plaintext: usize,
+    pub egress: usize,
+}
+
+/// A `[[tls.domains]]` as loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainView {
+    pub name: String,
+    pub hostnames: Vec<String>,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+}
+
+/// The firewall in numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallView {
+    pub default: String,
+    pub cidr_rules: usize,
+    pub security_group_rules: usize,
+    pub security_group_addresses: usize,
+}
+
+/// An `[[egress]]` listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressView {
+    pub listen: String,
+    pub peer: String,
+}
+
+/// `mode.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeReply {
+    pub mode: String,
+}
+
+/// `mode.set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeSet {
+    pub mode: String,
+    pub previous: String,
+    pub persisted: bool,
+    pub applied_in_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connections {
+    pub connections: Vec<ConnView>,
+}
+
+/// One connection (stable keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnView {
+    pub id: u64,
+    pub remote: String,
+    /// `client` or `egress`.
+    pub kind: String,
+    /// `tls`, `plaintext`, or none yet.
+    pub transport: Option<String>,
+    pub sni: Option<String>,
+    pub domain: Option<String>,
+    pub age_secs: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub driver: Option<String>,
+    pub app: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+    pub mode: String,
+}
+
+/// `rules.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesList {
+    pub default: String,
+    pub rules: Vec<RuleView>,
+}
+
+/// A rule: `{id, kind, value, description}` (+ account).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub id: String,
+    /// `cidr` or `security_group`.
+    pub kind: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub description: String,
+}
+
+impl From<&Rule> for RuleView {
+    fn from(r: &Rule) -> RuleView {
+        let (value, account) = match &r.source {
+            Source::Cidr(n) => (n.to_string(), None),
+            Source::SecurityGroup { group, account } => (group.clone(), Some(account.clone())),
+        };
+        RuleView {
+            id: r.id.clone(),
+            kind: r.source.kind().to_string(),
+            value,
             account,
-            description,
-            persist,
-        } => {
-            let rule = Rule::parse(
-                cidr.as_deref(),
-                security_group.as_deref(),
-                account.as_deref(),
-                &description,
-            );
-            match rule {
-                Ok(r) => reply(control.rules_add(r, persist).await),
-                Err(e) => error(&e),
+            description: r.description.clone(),
+        }
+    }
+}
+
+/// `rules.add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleAdded {
+    pub rule: RuleView,
+    pub persisted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `rules.remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRemoved {
+    pub removed: RuleView,
+    pub persisted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `rules.copy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesCopied {
+    pub added: usize,
+    pub skipped: usize,
+    pub removed: usize,
+    pub persisted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `rules.export`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesExport {
+    pub toml: String,
+}
+
+/// A reply line that is not what the protocol says.
+#[derive(Debug, Error)]
+#[error("bad reply ({0})")]
+pub struct BadReply(#[from] serde_json::Error);
+
+/// The line (without its newline) that answers a request.
+pub fn encode(reply: &Result<Reply, Failure>) -> String {
+    let (ok, body) = match reply {
+        Ok(r) => (true, serde_json::to_value(r)),
+        Err(f) => (false, serde_json::to_value(f)),
+    };
+    let mut line = Map::new();
+    line.insert("ok".into(), Value::Bool(ok));
+    if let Ok(Value::Object(fields)) = body {
+        line.extend(fields);
+    }
+    Value::Object(line).to_string()
+}
+
+impl Request {
+    /// Reads the reply line to this request.
+    pub fn decode(&self, line: &str) -> Result<Result<Reply, Failure>, BadReply> {
+        let v: Value = serde_json::from_str(line)?;
+        if v.get("ok").and_then(Value::as_bool) != Some(true) {
+            return Ok(Err(serde_json::from_value(v)?));
+        }
+        fn get<T: DeserializeOwned>(v: Value) -> Result<T, BadReply> {
+            Ok(serde_json::from_value(v)?)
+        }
+        Ok(Ok(match self {
+            Request::Status {} => Reply::Status(get(v)?),
+            Request::ModeGet {} => Reply::Mode(get(v)?),
+            Request::ModeSet { .. } => Reply::ModeSet(get(v)?),
+            Request::Connections { .. } => Reply::Connections(get(v)?),
+            Request::Reload {} => Reply::Reload(get(v)?),
+            Request::RulesList {} => Reply::RulesList(get(v)?),
+            Request::RulesAdd { .. } => Reply::RuleAdded(get(v)?),
+            Request::RulesRemove { .. } => Reply::RuleRemoved(get(v)?),
+            Request::RulesCopy { .. } => Reply::RulesCopied(get(v)?),
+            Request::RulesExport {} => Reply::RulesExport(get(v)?),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_view() -> RuleView {
+        RuleView {
+            id: "r0123456789ab".into(),
+            kind: "security_group".into(),
+            value: "sg-0a1b2c3d".into(),
+            account: Some("123456789012".into()),
+            description: "app servers".into(),
+        }
+    }
+
+    fn conn_view() -> ConnView {
+        ConnView {
+            id: 12,
+            remote: "10.0.0.5:51234".into(),
+            kind: "client".into(),
+            transport: Some("plaintext".into()),
+            sni: None,
+            domain: None,
+            age_secs: 1.5,
+            bytes_in: 10,
+            bytes_out: 20,
+            driver: Some("PyMongo 4.20.0".into()),
+            app: None,
+            user: Some("alice@admin".into()),
+        }
+    }
+
+    /// Every request, and a reply of the right kind for it.
+    fn every_exchange() -> Vec<(Request, Reply)> {
+        vec![
+            (
+                Request::Status {},
+                Reply::Status(Status {
+                    version: "0.1.0".into(),
+                    mode: "preferSSL".into(),
+                    uptime_secs: 7,
+                    config: "/etc/moat.toml".into(),
+                    upstream: "127.0.0.1:27018".into(),
+                    connections: ConnectionCounts {
+                        open: 3,
+                        tls: 2,
+                        plaintext: 1,
+                        egress: 0,
+                    },
+                    domains: vec![DomainView {
+                        name: "deployment".into(),
+                        hostnames: vec!["db1.example.net".into()],
+                        not_after: Some(1_900_000_000),
+                    }],
+                    firewall: FirewallView {
+                        default: "deny".into(),
+                        cidr_rules: 1,
+                        security_group_rules: 1,
+                        security_group_addresses: 4,
+                    },
+                    egress: vec![EgressView {
+                        listen: "127.0.0.1:27101".into(),
+                        peer: "db2.example.net:27017".into(),
+                    }],
+                }),
+            ),
+            (
+                Request::ModeGet {},
+                Reply::Mode(ModeReply {
+                    mode: "allowSSL".into(),
+                }),
+            ),
+            (
+                Request::ModeSet {
+                    mode: Mode::RequireSsl,
+                    force: true,
+                    persist: false,
+                },
+                Reply::ModeSet(ModeSet {
+                    mode: "requireSSL".into(),
+                    previous: "preferSSL".into(),
+                    persisted: false,
+                    applied_in_us: 3,
+                    warning: Some("not durable".into()),
+                }),
+            ),
+            (
+                Request::Connections { plaintext: true },
+                Reply::Connections(Connections {
+                    connections: vec![conn_view()],
+                }),
+            ),
+            (
+                Request::Reload {},
+                Reply::Reload(Reloaded {
+                    applied: vec!["mode preferSSL".into()],
+                    needs_restart: vec!["listen.address".into()],
+                    mode: "preferSSL".into(),
+                }),
+            ),
+            (
+                Request::RulesList {},
+                Reply::RulesList(RulesList {
+                    default: "deny".into(),
+                    rules: vec![rule_view()],
+                }),
+            ),
+            (
+                Request::RulesAdd {
+                    cidr: Some("203.0.113.0/24".into()),
+                    security_group: None,
+                    account: None,
+                    description: "office VPN".into(),
+                    persist: true,
+                },
+                Reply::RuleAdded(RuleAdded {
+                    rule: rule_view(),
+                    persisted: true,
+                    warning: None,
+                }),
+            ),
+            (
+                Request::RulesRemove {
+                    id: "r0123456789ab".into(),
+                    persist: true,
+                },
+                Reply::RuleRemoved(RuleRemoved {
+                    removed: rule_view(),
+                    persisted: true,
+                    warning: None,
+                }),
+            ),
+            (
+                Request::RulesCopy {
+                    from: "/etc/other.toml".into(),
+                    replace: true,
+                    persist: false,
+                },
+                Reply::RulesCopied(RulesCopied {
+                    added: 1,
+                    skipped: 2,
+                    removed: 3,
+                    persisted: false,
+                    warning: None,
+                }),
+            ),
+            (
+                Request::RulesExport {},
+                Reply::RulesExport(RulesExport {
+                    toml: "[[firewall.rules]]\n".into(),
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_request_and_reply_round_trips_through_its_line() {
+        for (request, reply) in every_exchange() {
+            let line = serde_json::to_string(&request).unwrap();
+            let back: Request = serde_json::from_str(&line).unwrap();
+            assert_eq!(back, request, "{line}");
+
+            let line = encode(&Ok(reply.clone()));
+            assert!(line.starts_with(r#"{"ok":true,"#), "{line}");
+            assert_eq!(request.decode(&line).unwrap(), Ok(reply), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_failure_round_trips_with_the_plaintext_clients_it_names() {
+        let failure = Failure {
+            error: "1 plaintext connection is open".into(),
+            plaintext_connections: vec![conn_view()],
+        };
+        let line = encode(&Err(failure.clone()));
+        assert!(line.starts_with(r#"{"ok":false,"error":"#), "{line}");
+        let request = Request::ModeSet {
+            mode: Mode::RequireSsl,
+            force: false,
+            persist: true,
+        };
+        assert_eq!(request.decode(&line).unwrap(), Err(failure));
+    }
+
+    #[test]
+    fn the_wire_form_is_spec_s() {
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"mode.set","mode":"requiressl","force":false}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            Request::ModeSet {
+                mode: Mode::RequireSsl,
+                force: false,
+                persist: true
             }
-        }
-        Request::RulesRemove { id, persist } => reply(control.rules_remove(id, persist).await),
-        Request::RulesCopy {
-            from,
-            replace,
-            persist,
-        } => {
-            let base = control
-                .config_path
-                .parent()
-                .unwrap_or(std::path::Path::new(""));
-            let from = base.join(from);
-            reply(control.rules_copy(from, replace, persist).await)
-        }
+        );
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"mode.set","mode":"maybeSSL"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown mode `maybeSSL`"), "{e}");
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
     }
 }

@@ -6,17 +6,18 @@
 //! walk of at most 32 or 128 levels, whatever the number of rules.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::{PrefixMap, PrefixSet};
-use serde::Serialize;
 
 pub mod inventory;
 pub mod plane;
+pub mod rule;
 
+use crate::metrics::Scrape;
 use inventory::Inventory;
+pub use rule::{parse_cidr, Rule, RuleError, Source};
 
 /// What a source that no rule matches gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -27,178 +28,14 @@ pub enum DefaultPolicy {
     Allow,
 }
 
-/// Where a rule lets connections come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Source {
-    Cidr(IpNet),
-    SecurityGroup { group: String, account: String },
-}
-
-impl Source {
-    /// `cidr` or `security_group`: the closed label set of `moat_firewall_rules`.
-    pub fn kind(&self) -> &'static str {
+impl DefaultPolicy {
+    /// `deny` / `allow`, as the config writes it.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Source::Cidr(_) => "cidr",
-            Source::SecurityGroup { .. } => "security_group",
+            DefaultPolicy::Deny => "deny",
+            DefaultPolicy::Allow => "allow",
         }
     }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Cidr(n) => write!(f, "{n}"),
-            Source::SecurityGroup { group, account } => write!(f, "{group} (account {account})"),
-        }
-    }
-}
-
-/// One allow rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Derived from the source, so the same rule has the same id on every node and
-    /// across restarts: `r` + 12 hex digits.
-    pub id: String,
-    pub source: Source,
-    pub description: String,
-}
-
-/// A rule as the admin protocol lists it: `{id, kind, value, description}` (+ account).
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleView {
-    pub id: String,
-    pub kind: &'static str,
-    pub value: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    pub description: String,
-}
-
-impl Rule {
-    pub fn new(source: Source, description: impl Into<String>) -> Rule {
-        Rule {
-            id: rule_id(&source),
-            source,
-            description: description.into(),
-        }
-    }
-
-    /// Parses a rule from its config form: a CIDR, or a security group with its account.
-    pub fn parse(
-        cidr: Option<&str>,
-        security_group: Option<&str>,
-        account: Option<&str>,
-        description: &str,
-    ) -> Result<Rule, String> {
-        let source = match (cidr, security_group, account) {
-            (Some(c), None, None) => Source::Cidr(parse_cidr(c)?),
-            (None, Some(g), Some(a)) => {
-                check_group(g)?;
-                check_account(a)?;
-                Source::SecurityGroup {
-                    group: g.to_string(),
-                    account: a.to_string(),
-                }
-            }
-            (None, Some(_), None) => {
-                return Err("a security_group rule needs the account (12-digit AWS account id) that owns the group".into())
-            }
-            (None, None, Some(_)) => return Err("`account` goes with `security_group`".into()),
-            (Some(_), _, _) => {
-                return Err("a rule is either a `cidr` or a `security_group` + `account`, not both".into())
-            }
-            (None, None, None) => {
-                return Err("a rule needs `cidr`, or `security_group` and `account`".into())
-            }
-        };
-        if description.trim().is_empty() {
-            return Err("every rule needs a `description` saying whose access it is".into());
-        }
-        Ok(Rule::new(source, description))
-    }
-
-    pub fn view(&self) -> RuleView {
-        let (value, account) = match &self.source {
-            Source::Cidr(n) => (n.to_string(), None),
-            Source::SecurityGroup { group, account } => (group.clone(), Some(account.clone())),
-        };
-        RuleView {
-            id: self.id.clone(),
-            kind: self.source.kind(),
-            value,
-            account,
-            description: self.description.clone(),
-        }
-    }
-}
-
-/// A CIDR (or a bare address, as a host prefix) with no host bits set.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    let net: IpNet = match s.parse() {
-        Ok(n) => n,
-        Err(_) => match s.parse::<IpAddr>() {
-            Ok(ip) => IpNet::from(ip),
-            Err(_) => {
-                return Err(format!(
-                    "`{s}` is not a CIDR: write it like \"203.0.113.0/24\" or \"2001:db8::/32\""
-                ))
-            }
-        },
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "`{s}` has host bits set: did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(normalize_net(net))
-}
-
-/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps, so
-/// it matches IPv4 clients the same way whichever form a rule is written in.
-fn normalize_net(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, IpNet::V4),
-            None => net,
-        },
-        _ => net,
-    }
-}
-
-fn check_group(g: &str) -> Result<(), String> {
-    let hex = g.strip_prefix("sg-").unwrap_or("");
-    let ok = (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{g}` is not a security group id (sg- and 8 or 17 hex digits)"
-        ))
-    }
-}
-
-fn check_account(a: &str) -> Result<(), String> {
-    if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(format!("`{a}` is not an AWS account id (12 digits)"))
-    }
-}
-
-/// A stable id from the rule's source (FNV-1a, 48 bits).
-fn rule_id(source: &Source) -> String {
-    let text = match source {
-        Source::Cidr(n) => format!("cidr:{n}"),
-        Source::SecurityGroup { group, account } => format!("sg:{account}:{group}"),
-    };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("r{:012x}", h >> 16)
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4
@@ -272,6 +109,11 @@ pub fn overlaps(rules: &[Rule]) -> Vec<Overlap> {
     }
     found.sort_by_key(|o| o.rule);
     found
+}
+
+/// A socket address with an IPv4-mapped IPv6 address written as IPv4.
+pub fn normalize_addr(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(normalize(a.ip()), a.port())
 }
 
 /// The firewall's answer.
@@ -350,6 +192,17 @@ impl Firewall {
 
     pub fn default_policy(&self) -> DefaultPolicy {
         self.default
+    }
+
+    /// `moat_firewall_rules`, for a scrape.
+    pub fn export(&self, s: &mut Scrape) {
+        let (cidr, groups, _) = self.counts();
+        s.gauge(
+            "moat_firewall_rules",
+            "Firewall rules, by kind.",
+            Some("kind"),
+            [("cidr", cidr as i64), ("security_group", groups as i64)],
+        );
     }
 
     /// (CIDR rules, security-group rules, addresses the groups resolved to).
@@ -442,20 +295,6 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_checked_before_they_are_accepted() {
-        assert!(parse_cidr("10.0.0.5/24")
-            .unwrap_err()
-            .contains("did you mean 10.0.0.0/24"));
-        assert!(parse_cidr("10.0.0.300/32").is_err());
-        assert_eq!(parse_cidr("10.0.0.5").unwrap().to_string(), "10.0.0.5/32");
-        assert!(Rule::parse(None, Some("sg-xyz"), Some("123456789012"), "d").is_err());
-        assert!(Rule::parse(None, Some("sg-0a1b2c3d"), Some("1234"), "d").is_err());
-        assert!(Rule::parse(None, Some("sg-0a1b2c3d"), None, "d").is_err());
-        assert!(Rule::parse(Some("10.0.0.0/8"), None, None, " ").is_err());
-        assert!(Rule::parse(Some("10.0.0.0/8"), Some("sg-0a1b2c3d"), None, "d").is_err());
-    }
-
-    #[test]
     fn duplicates_and_networks_inside_wider_ones_are_overlaps_not_errors() {
         let sg = |g: &str| Rule::parse(None, Some(g), Some("123456789012"), "apps").unwrap();
         let rules = vec![
@@ -506,12 +345,5 @@ mod tests {
         rules.push(cidr("10.0.0.0/8"));
         let found = overlaps(&rules);
         assert_eq!(found.len(), 65_536);
-    }
-
-    #[test]
-    fn rule_ids_are_stable_and_distinct() {
-        assert_eq!(cidr("10.0.0.0/8").id, cidr("10.0.0.0/8").id);
-        assert_ne!(cidr("10.0.0.0/8").id, cidr("10.0.0.0/9").id);
-        assert_eq!(cidr("10.0.0.0/8").id.len(), 13);
     }
 }

@@ -1,13 +1,15 @@
 //! The firewall's control-plane state: the rule list, the last good security-group
-//! inventory, and the edits `moat ctl rules` makes. Every change ends in a freshly compiled
-//! [`Firewall`] swapped in with one store.
+//! inventory, and the edits `moat ctl rules` makes to them. Every change ends in a freshly
+//! compiled [`Firewall`] swapped in with one store. (Writing rules into the config file is
+//! `admin::persist`'s.)
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
+use thiserror::Error;
 
-use crate::config::{FirewallConfig, RuleConfig};
+use crate::config::FirewallConfig;
+use crate::events;
 use crate::firewall::inventory::{self, Inventory};
 use crate::firewall::{DefaultPolicy, Firewall, Rule, Source};
 
@@ -22,6 +24,21 @@ pub struct FirewallPlane {
     /// mtime (coarse, on some filesystems) are unchanged.
     loaded_hash: Option<u64>,
     last_error: Option<String>,
+}
+
+/// Why a rule edit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PlaneError {
+    #[error("{allowed} is already allowed by rule {id} ({description})")]
+    AlreadyAllowed {
+        allowed: String,
+        id: String,
+        description: String,
+    },
+    #[error("no rule has id `{0}` (see moat ctl rules list)")]
+    NoSuchRule(String),
+    #[error("security_group rules need [firewall.security_groups] inventory in the config file (then reload)")]
+    NoInventory,
 }
 
 /// What an inventory check found.
@@ -39,7 +56,11 @@ pub enum InventoryChange {
 impl FirewallPlane {
     /// The plane for a (validated) `[firewall]`. The inventory is read now; if it cannot
     /// be, the plane starts with none and the error is returned for the caller to report.
-    pub fn new(cfg: &FirewallConfig, rules: Vec<Rule>) -> (FirewallPlane, Option<String>) {
+    pub fn new(cfg: &FirewallConfig) -> (FirewallPlane, Option<String>) {
+        Self::with_rules(cfg, cfg.rules().to_vec())
+    }
+
+    fn with_rules(cfg: &FirewallConfig, rules: Vec<Rule>) -> (FirewallPlane, Option<String>) {
         let mut plane = FirewallPlane {
             default: cfg.default,
             rules,
@@ -59,22 +80,36 @@ impl FirewallPlane {
         (plane, err)
     }
 
-    /// Takes a reloaded `[firewall]`: rules, default and inventory location. The inventory
-    /// is re-read.
-    pub fn reconfigure(&mut self, cfg: &FirewallConfig, rules: Vec<Rule>) -> InventoryChange {
-        self.default = cfg.default;
-        self.rules = rules;
-        let path = cfg.security_groups.as_ref().map(|s| s.inventory.clone());
-        if path != self.inventory_path {
-            self.inventory = Inventory::default();
-            self.inventory_path = path;
+    /// After a reload: when this plane could not read its inventory and `old` has a good
+    /// one from the same file, that one stays in service. Returns whether it did.
+    pub fn keep_last_good(&mut self, old: &FirewallPlane) -> bool {
+        let keep = self.last_error.is_some()
+            && self.inventory_path == old.inventory_path
+            && old.loaded_hash.is_some();
+        if keep {
+            self.inventory = old.inventory.clone();
+            self.loaded_hash = old.loaded_hash;
         }
-        if let Some(s) = &cfg.security_groups {
-            self.refresh = s.refresh;
+        keep
+    }
+
+    /// Logs the inventory as it stands at start: loaded (with what it allows), or why not.
+    pub fn log_inventory(&self, error: Option<&str>, firewall: &Firewall) {
+        let Some(p) = &self.inventory_path else {
+            return;
+        };
+        let path = p.display().to_string();
+        match error {
+            Some(e) => events::inventory_failed(&path, e, 0),
+            None => events::inventory_loaded(&path, self.inventory.interfaces, firewall.counts().2),
         }
-        self.loaded_hash = None;
-        self.last_error = None;
-        self.check_inventory()
+    }
+
+    /// The inventory file's name for logs (`-` when there is none).
+    pub fn inventory_name(&self) -> String {
+        self.inventory_path
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |p| p.display().to_string())
     }
 
     /// Compiles the current rules against the current inventory.
@@ -122,12 +157,13 @@ impl FirewallPlane {
     }
 
     /// Adds a rule; a rule for the same source is an error.
-    pub fn add(&mut self, rule: Rule) -> Result<(), String> {
+    pub fn add(&mut self, rule: Rule) -> Result<(), PlaneError> {
         if let Some(r) = self.same(&rule) {
-            return Err(format!(
-                "{} is already allowed by rule {} ({})",
-                rule.source, r.id, r.description
-            ));
+            return Err(PlaneError::AlreadyAllowed {
+                allowed: rule.source.to_string(),
+                id: r.id.clone(),
+                description: r.description.clone(),
+            });
         }
         self.check_groups_usable(std::slice::from_ref(&rule))?;
         self.rules.push(rule);
@@ -135,12 +171,12 @@ impl FirewallPlane {
     }
 
     /// Removes the rule with this id (every copy of it: the file may list a source twice).
-    pub fn remove(&mut self, id: &str) -> Result<Rule, String> {
+    pub fn remove(&mut self, id: &str) -> Result<Rule, PlaneError> {
         let i = self
             .rules
             .iter()
             .position(|r| r.id == id)
-            .ok_or_else(|| format!("no rule has id `{id}` (see moat ctl rules list)"))?;
+            .ok_or_else(|| PlaneError::NoSuchRule(id.to_string()))?;
         let removed = self.rules.remove(i);
         self.rules.retain(|r| r.id != id);
         Ok(removed)
@@ -152,7 +188,7 @@ impl FirewallPlane {
         &mut self,
         rules: Vec<Rule>,
         replace: bool,
-    ) -> Result<(usize, usize, usize), String> {
+    ) -> Result<(usize, usize, usize), PlaneError> {
         self.check_groups_usable(&rules)?;
         let removed = if replace {
             std::mem::take(&mut self.rules).len()
@@ -171,120 +207,15 @@ impl FirewallPlane {
         Ok((added, skipped, removed))
     }
 
-    fn check_groups_usable(&self, rules: &[Rule]) -> Result<(), String> {
+    fn check_groups_usable(&self, rules: &[Rule]) -> Result<(), PlaneError> {
         let groups = rules
             .iter()
             .any(|r| matches!(r.source, Source::SecurityGroup { .. }));
         if groups && self.inventory_path.is_none() {
-            return Err("security_group rules need [firewall.security_groups] inventory in the config file (then reload)".into());
+            return Err(PlaneError::NoInventory);
         }
         Ok(())
     }
-}
-
-/// Reads the rules of another deployment's moat config, or of a `rules export` file:
-/// both hold `[[firewall.rules]]`.
-pub fn read_rules_file(path: &Path) -> Result<Vec<Rule>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))?;
-    let rules = doc
-        .get("firewall")
-        .and_then(|f| f.get("rules"))
-        .ok_or_else(|| format!("{} has no [[firewall.rules]]", path.display()))?;
-    let list: Vec<RuleConfig> = rules.clone().try_into().map_err(|e: toml::de::Error| {
-        format!("{}: firewall.rules: {}", path.display(), e.message())
-    })?;
-    list.iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.to_rule()
-                .map_err(|e| format!("{}: firewall.rules[{i}]: {e}", path.display()))
-        })
-        .collect()
-}
-
-fn rule_table(rule: &Rule) -> Table {
-    let mut t = Table::new();
-    match &rule.source {
-        Source::Cidr(n) => {
-            t.insert("cidr", toml_edit::value(n.to_string()));
-        }
-        Source::SecurityGroup { group, account } => {
-            t.insert("security_group", toml_edit::value(group.as_str()));
-            t.insert("account", toml_edit::value(account.as_str()));
-        }
-    }
-    t.insert("description", toml_edit::value(rule.description.as_str()));
-    t
-}
-
-/// `[[firewall.rules]]` blocks for these rules: what `rules export` prints and
-/// `rules copy --from` reads.
-pub fn export(rules: &[Rule]) -> String {
-    let mut doc = DocumentMut::new();
-    let _ = replace_in(&mut doc, rules);
-    doc.to_string()
-}
-
-fn rules_array(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, String> {
-    let fw = doc
-        .entry("firewall")
-        .or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        })
-        .as_table_mut()
-        .ok_or("`firewall` in the config file is not a table")?;
-    fw.entry("rules")
-        .or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()))
-        .as_array_of_tables_mut()
-        .ok_or_else(|| {
-            "`firewall.rules` in the config file is not written as [[firewall.rules]] tables"
-                .to_string()
-        })
-}
-
-/// Whether a `[[firewall.rules]]` table allows `rule`'s source.
-fn same_source(t: &Table, rule: &Rule) -> bool {
-    let text = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    Rule::parse(
-        text("cidr").as_deref(),
-        text("security_group").as_deref(),
-        text("account").as_deref(),
-        "-",
-    )
-    .is_ok_and(|r| r.source == rule.source)
-}
-
-/// Appends a rule to the config document, unless the file already has one for the same
-/// source (written there by hand since start, say).
-pub fn add_in(doc: &mut DocumentMut, rule: &Rule) -> Result<(), String> {
-    let arr = rules_array(doc)?;
-    if !arr.iter().any(|t| same_source(t, rule)) {
-        arr.push(rule_table(rule));
-    }
-    Ok(())
-}
-
-/// Removes every rule with the same source from the config document (other rules and
-/// their comments stay as they are). Already gone (edited by hand): nothing to write.
-pub fn remove_in(doc: &mut DocumentMut, rule: &Rule) -> Result<(), String> {
-    rules_array(doc)?.retain(|t| !same_source(t, rule));
-    Ok(())
-}
-
-/// Replaces every rule in the config document.
-pub fn replace_in(doc: &mut DocumentMut, rules: &[Rule]) -> Result<(), String> {
-    let arr = rules_array(doc)?;
-    arr.clear();
-    for r in rules {
-        arr.push(rule_table(r));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -296,69 +227,9 @@ mod tests {
     }
 
     #[test]
-    fn export_round_trips_through_read_rules_file() {
-        let rules = vec![
-            cidr("203.0.113.0/24", "office VPN"),
-            Rule::parse(
-                None,
-                Some("sg-0a1b2c3d"),
-                Some("123456789012"),
-                "app servers",
-            )
-            .unwrap(),
-        ];
-        let text = export(&rules);
-        assert!(
-            text.contains(
-                "[[firewall.rules]]\ncidr = \"203.0.113.0/24\"\ndescription = \"office VPN\""
-            ),
-            "{text}"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("rules.toml");
-        std::fs::write(&p, &text).unwrap();
-        assert_eq!(read_rules_file(&p).unwrap(), rules);
-    }
-
-    #[test]
-    fn removing_from_the_document_keeps_the_other_rules_and_comments() {
-        let src = "[listen]\naddress = \"127.0.0.1:1\"\n\n# office\n[[firewall.rules]]\ncidr = \"203.0.113.0/24\"\ndescription = \"office VPN\"\n\n# CI\n[[firewall.rules]]\ncidr = \"198.51.100.0/24\"\ndescription = \"ci\"\n";
-        let mut doc: DocumentMut = src.parse().unwrap();
-        remove_in(&mut doc, &cidr("203.0.113.0/24", "x")).unwrap();
-        let out = doc.to_string();
-        assert!(
-            !out.contains("203.0.113.0/24")
-                && out.contains("# CI\n[[firewall.rules]]\ncidr = \"198.51.100.0/24\""),
-            "{out}"
-        );
-        add_in(&mut doc, &cidr("10.0.0.0/8", "vpc")).unwrap();
-        assert!(doc
-            .to_string()
-            .ends_with("[[firewall.rules]]\ncidr = \"10.0.0.0/8\"\ndescription = \"vpc\"\n"));
-    }
-
-    #[test]
-    fn a_rule_already_in_the_file_is_not_written_twice_and_removal_takes_every_copy() {
-        let src = "[[firewall.rules]]\ncidr = \"10.0.0.0/8\"\ndescription = \"by hand\"\n";
-        let mut doc: DocumentMut = src.parse().unwrap();
-        add_in(&mut doc, &cidr("10.0.0.0/8", "from ctl")).unwrap();
-        assert_eq!(doc.to_string(), src, "the hand-written rule stays, once");
-        add_in(&mut doc, &cidr("192.0.2.0/24", "new")).unwrap();
-        rules_array(&mut doc)
-            .unwrap()
-            .push(rule_table(&cidr("10.0.0.0/8", "again")));
-        remove_in(&mut doc, &cidr("10.0.0.0/8", "x")).unwrap();
-        let out = doc.to_string();
-        assert!(
-            !out.contains("10.0.0.0/8") && out.contains("192.0.2.0/24"),
-            "{out}"
-        );
-    }
-
-    #[test]
     fn merging_skips_sources_already_allowed() {
         let (mut plane, _) =
-            FirewallPlane::new(&FirewallConfig::default(), vec![cidr("10.0.0.0/8", "a")]);
+            FirewallPlane::with_rules(&FirewallConfig::default(), vec![cidr("10.0.0.0/8", "a")]);
         let (added, skipped, removed) = plane
             .merge(
                 vec![cidr("10.0.0.0/8", "b"), cidr("192.0.2.0/24", "c")],
@@ -372,6 +243,7 @@ mod tests {
         assert!(plane
             .add(cidr("192.0.2.0/24", "again"))
             .unwrap_err()
+            .to_string()
             .contains("already allowed"));
     }
 }

@@ -17,9 +17,15 @@ use rustls::server::{
 };
 use rustls::{RootCertStore, ServerConfig};
 
+use crate::clock;
 use crate::config::{ClientCertificates, MinVersion, TlsConfig};
 use crate::error::Invalid;
+use crate::events;
+use crate::metrics::Scrape;
 use sni::{Domain, SniResolver};
+
+/// Certificates expire quietly: moat warns this many days ahead.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// TLS 1.2 session-id cache entries (TLS 1.3 resumes with stateless tickets).
 const SESSION_CACHE: usize = 4096;
@@ -95,20 +101,6 @@ pub struct TlsState {
     pub client_certificates: ClientCertificates,
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// `2027-12-27` for a Unix timestamp.
-pub fn date(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .map(|t| t.date().to_string())
-        .unwrap_or_else(|_| ts.to_string())
-}
-
 impl TlsState {
     /// Loads every domain's files and the client CA and builds the server configuration.
     /// `Ok(None)` when no domain is configured (mode disabled). All problems are reported,
@@ -123,7 +115,7 @@ impl TlsState {
         let provider = provider();
         let mut bad = Vec::new();
         let mut domains = Vec::new();
-        let now = unix_now();
+        let now = clock::unix_secs();
         for (i, d) in cfg.domains.iter().enumerate() {
             let key = match certs::certified_key(d, &provider) {
                 Ok(k) => k,
@@ -149,7 +141,11 @@ impl TlsState {
             if leaf.not_after < now {
                 bad.push(Invalid::new(
                     format!("tls.domains[{i}].cert"),
-                    format!("{} expired on {}", d.cert.display(), date(leaf.not_after)),
+                    format!(
+                        "{} expired on {}",
+                        d.cert.display(),
+                        clock::date(leaf.not_after)
+                    ),
                 ));
             } else if leaf.not_before > now {
                 bad.push(Invalid::new(
@@ -157,7 +153,7 @@ impl TlsState {
                     format!(
                         "{} is not valid until {}",
                         d.cert.display(),
-                        date(leaf.not_before)
+                        clock::date(leaf.not_before)
                     ),
                 ));
             }
@@ -215,9 +211,30 @@ impl TlsState {
         }))
     }
 
+    /// Logs a warning for each domain whose certificate expires within
+    /// [`EXPIRY_WARNING_DAYS`]: said at start, at each reload and twice a day.
+    pub fn warn_expiring(&self) {
+        for (name, days, not_after) in self.expiring_within(EXPIRY_WARNING_DAYS) {
+            events::certificate_expiring(name, days, &clock::date(not_after));
+        }
+    }
+
+    /// `moat_certificate_expiry_timestamp_seconds`, for a scrape.
+    pub fn export(&self, s: &mut Scrape) {
+        s.gauge(
+            "moat_certificate_expiry_timestamp_seconds",
+            "notAfter of each domain's certificate, Unix seconds.",
+            Some("domain"),
+            self.resolver
+                .domains()
+                .iter()
+                .filter_map(|d| Some((d.name.as_str(), d.not_after?))),
+        );
+    }
+
     /// Domains whose certificate expires within `days`: (name, days left, notAfter).
     pub fn expiring_within(&self, days: i64) -> Vec<(&str, i64, i64)> {
-        let now = unix_now();
+        let now = clock::unix_secs();
         self.resolver
             .domains()
             .iter()
