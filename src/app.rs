@@ -119,7 +119,7 @@ pub async fn serve(
     let settings = Settings::from_config(&config, upstream);
     let mode = config.tls.mode;
     events::listening(local, mode, &settings.upstream.to_string());
-    plane.log_inventory(inventory_error.as_deref(), &firewall);
+    plane.log_inventory(inventory_error.as_ref(), &firewall);
     events::firewall_summary(&firewall);
 
     let shared = Shared::new(settings, mode, tls, firewall);

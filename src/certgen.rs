@@ -40,7 +40,11 @@ pub enum CertgenError {
     #[error("no dev CA in {0}: run `moat certs init --dir {0}` first")]
     NoCa(String),
     #[error("{0}")]
-    Key(String),
+    Key(#[from] crate::tls::certs::CertError),
+    #[error("no randomness available for a key password")]
+    NoRandomness,
+    #[error("cannot encrypt the key: {0}")]
+    Encrypt(String),
 }
 
 /// What `moat certs init` makes.
@@ -254,48 +258,6 @@ pub fn csr(opts: &CsrOptions) -> Result<Option<PathBuf>, CertgenError> {
     Ok(created)
 }
 
-/// Runs a `moat certs` command; returns the line to print.
-pub fn run(cmd: &crate::cli::CertsCommand) -> Result<String, CertgenError> {
-    use crate::cli::CertsCommand;
-    let names = |h: &[String]| h.join(",");
-    let password = |p: Option<PathBuf>| {
-        p.map(|p| format!("; the key's password is in {} (0600)", p.display()))
-            .unwrap_or_default()
-    };
-    Ok(match cmd {
-        CertsCommand::Init(o) => {
-            let f = init(o)?;
-            format!(
-                "wrote {} (CA), {} (CA key, keep private), {} and {} for names {}",
-                f.ca.display(),
-                f.ca_key.display(),
-                f.cert.display(),
-                f.key.display(),
-                names(&o.hostnames)
-            )
-        }
-        CertsCommand::Issue(o) => {
-            let f = issue(o)?;
-            format!(
-                "wrote {} and {} for names {}{}",
-                f.cert.display(),
-                f.key.display(),
-                names(&o.hostnames),
-                password(f.new_password_file)
-            )
-        }
-        CertsCommand::Csr(o) => {
-            let created = csr(o)?;
-            format!(
-                "wrote {} (send it to your CA) and {} (this node's key, 0600){}",
-                o.out.display(),
-                o.key.display(),
-                password(created)
-            )
-        }
-    })
-}
-
 fn refuse_overwrite(paths: &[&PathBuf], force: bool) -> Result<(), CertgenError> {
     match paths.iter().find(|p| p.exists()) {
         Some(p) if !force => Err(CertgenError::Exists((*p).clone())),
@@ -326,10 +288,7 @@ fn key_pem(
         return Ok((Zeroizing::new(key.serialize_pem()), None));
     };
     let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-    let random = |buf: &mut [u8]| {
-        rng.fill(buf)
-            .map_err(|_| CertgenError::Key("no randomness available".into()))
-    };
+    let random = |buf: &mut [u8]| rng.fill(buf).map_err(|_| CertgenError::NoRandomness);
     let created = if passfile.exists() {
         None
     } else {
@@ -344,8 +303,7 @@ fn key_pem(
     let (mut salt, mut iv) = ([0u8; 16], [0u8; 16]);
     random(&mut salt)?;
     random(&mut iv)?;
-    let enc_err =
-        |e: &dyn std::fmt::Display| CertgenError::Key(format!("cannot encrypt the key: {e}"));
+    let enc_err = |e: &dyn std::fmt::Display| CertgenError::Encrypt(e.to_string());
     let params =
         pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, &iv)
             .map_err(|e| enc_err(&e))?;
@@ -461,9 +419,10 @@ mod issue_tests {
         crate::tls::certs::load_key(&files.key, Some(&pw)).unwrap();
         let wrong = crate::tls::certs::Secret::new(b"wrong".to_vec());
         let e = crate::tls::certs::load_key(&files.key, Some(&wrong)).unwrap_err();
-        assert!(e.contains("wrong password?"), "{e}");
+        assert!(e.to_string().contains("wrong password?"), "{e}");
         assert!(crate::tls::certs::load_key(&files.key, None)
             .unwrap_err()
+            .to_string()
             .contains("set key_password_file"));
     }
 }

@@ -1,6 +1,11 @@
 //! One client connection's life: sniff the first bytes → apply the SSL mode → terminate
 //! TLS → connect upstream → copy bytes → log the end.
+//!
+//! [`serve`] works on any byte stream and gets its upstream from a [`Dial`], so the
+//! decisions on the way (sniffing, the mode's four rows, the handshake deadline) are unit
+//! tested on in-memory streams; [`handle`] adds what only a TCP socket has.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -8,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -16,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
-use crate::firewall::{self, Verdict};
+use crate::firewall::normalize_addr;
 use crate::inspect::InspectTap;
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::prefixed::Prefixed;
@@ -43,20 +48,91 @@ reconnect with TLS enabled, e.g. mongodb://HOST:PORT/?tls=true (add tlsCAFile=ca
 server certificate is signed by a private CA)";
 
 /// Why a connection ended early.
-#[derive(Debug)]
-enum ConnError {
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("no complete TLS or MongoDB handshake in time")]
     HandshakeTimeout,
+    #[error("refused ({})", .0.as_str())]
     Refused(RejectReason),
+    #[error("first bytes are not a MongoDB message ({0})")]
     NotMongoDb(String),
+    #[error("no certificate is configured ([[tls.domains]] is empty)")]
     NoCertificates,
+    #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
+    #[error("cannot reach the upstream: {0}")]
     Upstream(io::Error),
+    #[error("PROXY protocol header from a source not in listen.proxy_protocol_from")]
     UntrustedProxyHeader,
     /// requireSSL: the plaintext client went away before its error reply was sent.
+    #[error("gone before the TLS-required reply was sent: {0}")]
     TlsRequiredCut(io::Error),
     /// Forwarding ended after `listen.idle_timeout` without a byte.
+    #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("{0}")]
     Io(io::Error),
+}
+
+impl ConnError {
+    /// The `moat_connections_rejected_total` reason, for errors before forwarding began.
+    fn reason(&self) -> Option<RejectReason> {
+        Some(match self {
+            ConnError::HandshakeTimeout => RejectReason::HandshakeTimeout,
+            ConnError::Refused(r) => *r,
+            // A plaintext client that is not MongoDB, while TLS is required.
+            ConnError::NotMongoDb(_) => RejectReason::TlsRequired,
+            ConnError::NoCertificates | ConnError::Tls(_) => RejectReason::TlsError,
+            ConnError::Upstream(_) => RejectReason::UpstreamUnavailable,
+            ConnError::UntrustedProxyHeader => RejectReason::ProxyHeader,
+            ConnError::TlsRequiredCut(_) => RejectReason::TlsRequired,
+            ConnError::Idle(_) | ConnError::Io(_) => return None,
+        })
+    }
+
+    /// Counts and logs how the connection ended.
+    fn report(self, id: u64, peer: SocketAddr, shared: &Shared, settings: &Settings) {
+        if let Some(reason) = self.reason() {
+            shared.metrics.rejected(reason);
+        }
+        match self {
+            ConnError::HandshakeTimeout => {
+                events::handshake_timeout(id, peer, settings.handshake_timeout)
+            }
+            ConnError::Refused(reason) => match reason {
+                RejectReason::TlsRequired => events::refused_tls_required(id, peer),
+                RejectReason::TlsDisabled => events::refused_tls_disabled(id, peer),
+                // Not decided by the mode: these are refused (and logged) before a
+                // connection exists. Named one by one so a new reason needs a line here.
+                RejectReason::Firewall
+                | RejectReason::Limit
+                | RejectReason::HandshakeTimeout
+                | RejectReason::TlsError
+                | RejectReason::ProxyHeader
+                | RejectReason::UpstreamUnavailable => events::refused(id, peer, reason.as_str()),
+            },
+            ConnError::NotMongoDb(why) => events::not_mongodb(id, peer, &why),
+            ConnError::NoCertificates => events::tls_failed(
+                id,
+                peer,
+                &"no certificate is configured ([[tls.domains]] is empty)",
+            ),
+            ConnError::Tls(e) => events::tls_failed(id, peer, &tls::explain(&e)),
+            ConnError::Upstream(e) => {
+                events::upstream_unavailable(id, &settings.upstream.to_string(), &e)
+            }
+            ConnError::UntrustedProxyHeader => events::refused_proxy_header(
+                peer,
+                &"PROXY protocol header from a source not in listen.proxy_protocol_from",
+            ),
+            ConnError::TlsRequiredCut(e) => events::refused_tls_required_cut(id, peer, &e),
+            ConnError::Idle(after) => {
+                shared.metrics.idle_closed();
+                events::idle_closed(id, peer, after)
+            }
+            ConnError::Io(e) => events::connection_error(id, peer, &e),
+        }
+    }
 }
 
 /// Keeps the connection counted and listed for its lifetime, and logs its end however it
@@ -73,11 +149,6 @@ impl Drop for OpenGuard<'_> {
         let open = self.shared.close_connection();
         events::ended(self.peer, self.id, open);
     }
-}
-
-/// A socket address with an IPv4-mapped IPv6 address written as IPv4.
-pub fn normalize_addr(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(firewall::normalize(a.ip()), a.port())
 }
 
 /// Turns on TCP keepalive: probes start after `time` without a byte from the peer, every
@@ -100,6 +171,8 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
     // Before anything else, so that a client gone silent even mid-handshake is noticed.
     // A socket that cannot take the option is already dead: let the reads below say how.
     let _ = enable_keepalive(&tcp, settings.tcp_keepalive);
+    // Nagle would delay every small MongoDB reply by up to 40 ms against delayed ACKs.
+    let _ = tcp.set_nodelay(true);
     let (peer, first) = if trusted {
         // A load balancer's TCP health check connects and leaves without a byte: not a
         // bad PROXY header, just a client that never spoke.
@@ -110,11 +183,7 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
         match proxy_protocol::read(&mut tcp, settings.proxy_protocol, deadline).await {
             Ok((source, rest)) => {
                 let client = source.map_or(peer, normalize_addr);
-                if shared.firewall().check(client.ip()) == Verdict::Deny {
-                    shared.metrics.rejected(RejectReason::Firewall);
-                    if shared.refusal_log.allow() {
-                        events::refused_firewall(client);
-                    }
+                if shared.admit(client).is_err() {
                     return;
                 }
                 (client, rest)
@@ -138,14 +207,12 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
         id,
     };
     events::accepted(peer, id, open);
-    if let Err(e) = serve(tcp, first, deadline, &conn, &shared, &settings).await {
-        if let Some(reason) = e.reason() {
-            shared.metrics.rejected(reason);
-        }
-        if let ConnError::Idle(_) = e {
-            shared.metrics.idle_closed();
-        }
-        log(e, id, peer, &settings);
+    let dial = UpstreamDial {
+        shared: &shared,
+        settings: &settings,
+    };
+    if let Err(e) = serve(tcp, first, deadline, &conn, &shared, &settings, &dial).await {
+        e.report(id, peer, &shared, &settings);
     }
 }
 
@@ -159,62 +226,52 @@ async fn left_without_a_byte(tcp: &TcpStream) -> bool {
     }
 }
 
-impl ConnError {
-    /// The `moat_connections_rejected_total` reason, for errors before forwarding began.
-    fn reason(&self) -> Option<RejectReason> {
-        Some(match self {
-            ConnError::HandshakeTimeout => RejectReason::HandshakeTimeout,
-            ConnError::Refused(r) => *r,
-            // A plaintext client that is not MongoDB, while TLS is required.
-            ConnError::NotMongoDb(_) => RejectReason::TlsRequired,
-            ConnError::NoCertificates | ConnError::Tls(_) => RejectReason::TlsError,
-            ConnError::Upstream(_) => RejectReason::UpstreamUnavailable,
-            ConnError::UntrustedProxyHeader => RejectReason::ProxyHeader,
-            ConnError::TlsRequiredCut(_) => RejectReason::TlsRequired,
-            ConnError::Idle(_) | ConnError::Io(_) => return None,
-        })
+/// Where a connection's upstream comes from: mongod in production, an in-memory stream in
+/// tests.
+pub trait Dial {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    fn dial(&self) -> impl Future<Output = Result<Self::Stream, ConnError>> + Send;
+}
+
+/// The configured upstream; each attempt feeds readiness and the connect histogram.
+struct UpstreamDial<'a> {
+    shared: &'a Shared,
+    settings: &'a Settings,
+}
+
+impl Dial for UpstreamDial<'_> {
+    type Stream = Upstream;
+
+    async fn dial(&self) -> Result<Upstream, ConnError> {
+        let (shared, settings) = (self.shared, self.settings);
+        let started = std::time::Instant::now();
+        let r = upstream::connect(&settings.upstream, settings.connect_timeout).await;
+        shared.readiness.record(r.as_ref().map(|_| ()));
+        let upstream = r.map_err(ConnError::Upstream)?;
+        shared.metrics.upstream_connected(started.elapsed());
+        if let Upstream::Tcp(s) = &upstream {
+            // mongod on another host (or its host gone) must not pin the client forever.
+            enable_keepalive(s, settings.tcp_keepalive).map_err(ConnError::Upstream)?;
+        }
+        Ok(upstream)
     }
 }
 
-fn log(e: ConnError, id: u64, peer: SocketAddr, settings: &Settings) {
-    match e {
-        ConnError::HandshakeTimeout => {
-            events::handshake_timeout(id, peer, settings.handshake_timeout)
-        }
-        ConnError::Refused(RejectReason::TlsRequired) => events::refused_tls_required(id, peer),
-        ConnError::Refused(_) => events::refused_tls_disabled(id, peer),
-        ConnError::NotMongoDb(why) => events::not_mongodb(id, peer, &why),
-        ConnError::NoCertificates => events::tls_failed(
-            id,
-            peer,
-            &"no certificate is configured ([[tls.domains]] is empty)",
-        ),
-        ConnError::Tls(e) => events::tls_failed(id, peer, &tls::explain(&e)),
-        ConnError::Upstream(e) => {
-            events::upstream_unavailable(id, &settings.upstream.to_string(), &e)
-        }
-        ConnError::UntrustedProxyHeader => events::refused_proxy_header(
-            peer,
-            "PROXY protocol header from a source not in listen.proxy_protocol_from",
-        ),
-        ConnError::TlsRequiredCut(e) => events::refused_tls_required_cut(id, peer, &e),
-        ConnError::Idle(after) => events::idle_closed(id, peer, after),
-        ConnError::Io(e) => events::connection_error(id, peer, &e),
-    }
-}
-
-async fn serve(
-    mut tcp: TcpStream,
+/// The connection from its first byte: the four rows of the mode table.
+pub async fn serve<S, D>(
+    mut client: S,
     first: Vec<u8>,
     deadline: Instant,
     conn: &Arc<Conn>,
     shared: &Shared,
     settings: &Settings,
-) -> Result<(), ConnError> {
-    let id = conn.id;
-    // Nagle would delay every small MongoDB reply by up to 40 ms against delayed ACKs.
-    tcp.set_nodelay(true).map_err(ConnError::Io)?;
-    let (first, transport) = match timeout_at(deadline, sniff(&mut tcp, first)).await {
+    dial: &D,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Dial,
+{
+    let (first, transport) = match timeout_at(deadline, sniff(&mut client, first)).await {
         Err(_) => return Err(ConnError::HandshakeTimeout),
         Ok(Err(e)) => return Err(ConnError::Io(e)),
         // Closed before saying anything: a port check, not an error.
@@ -228,82 +285,100 @@ async fn serve(
     if proxy_protocol::looks_like_header(&first) {
         return Err(ConnError::UntrustedProxyHeader);
     }
+    let client = Prefixed::new(first, client);
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
-            let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
-            let started = std::time::Instant::now();
-            let accept = TlsAcceptor::from(tls.server.clone()).accept(Prefixed::new(first, tcp));
-            let handshake = timeout_at(deadline, accept)
-                .await
-                .map_err(|_| ConnError::HandshakeTimeout)
-                .and_then(|r| r.map_err(ConnError::Tls));
-            let mut stream = match handshake {
-                Ok(s) => s,
-                Err(e) => {
-                    shared
-                        .metrics
-                        .tls_handshake(false, false, started.elapsed());
-                    return Err(e);
-                }
-            };
-            let (_, session) = stream.get_ref();
-            shared
-                .metrics
-                .tls_handshake(true, tls::resumed(session), started.elapsed());
-            let sni = session.server_name();
-            let domain = &tls.resolver.select(sni).name;
-            let client = session
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(tls::certs::subject_rfc2253);
-            events::tls_established(
-                id,
-                &TlsSummary {
-                    version: tls::version_name(session),
-                    cipher: tls::cipher_name(session),
-                    sni,
-                    domain,
-                    resumed: tls::resumed(session),
-                    client: client.as_deref(),
-                },
-            );
-            if client.is_none() && tls.client_certificates != ClientCertificates::None {
-                events::no_peer_certificate(id);
-            }
-            let _ = conn.tls.set(TlsInfo {
-                sni: sni.map(str::to_string),
-                domain: domain.clone(),
-                client_subject: client,
-            });
-            drop(tls);
-            let upstream = connect_upstream(shared, settings).await?;
+            let mut stream = accept_tls(client, deadline, conn, shared).await?;
+            let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
             forward(&mut stream, upstream, conn, shared, settings).await
         }
         Action::ForwardPlaintext => {
-            let upstream = connect_upstream(shared, settings).await?;
+            let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
-            let mut client = Prefixed::new(first, tcp);
+            let mut client = client;
             forward(&mut client, upstream, conn, shared, settings).await
         }
         Action::ReplyTlsRequired => {
-            reply_tls_required(tcp, first, deadline).await?;
+            reply_tls_required(client, deadline).await?;
             Err(ConnError::Refused(RejectReason::TlsRequired))
         }
         Action::Refuse(reason) => Err(ConnError::Refused(reason)),
     }
 }
 
+/// The TLS handshake, within the connection's deadline; logs and records what was agreed.
+async fn accept_tls<S>(
+    client: S,
+    deadline: Instant,
+    conn: &Conn,
+    shared: &Shared,
+) -> Result<tokio_rustls::server::TlsStream<S>, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
+    let started = std::time::Instant::now();
+    let accept = TlsAcceptor::from(tls.server.clone()).accept(client);
+    let handshake = timeout_at(deadline, accept)
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)
+        .and_then(|r| r.map_err(ConnError::Tls));
+    let stream = match handshake {
+        Ok(s) => s,
+        Err(e) => {
+            shared
+                .metrics
+                .tls_handshake(false, false, started.elapsed());
+            return Err(e);
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let resumed = tls::resumed(session);
+    shared
+        .metrics
+        .tls_handshake(true, resumed, started.elapsed());
+    let sni = session.server_name();
+    let domain = &tls.resolver.select(sni).name;
+    let client = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::certs::subject_rfc2253);
+    events::tls_established(
+        conn.id,
+        &TlsSummary {
+            version: tls::version_name(session),
+            cipher: tls::cipher_name(session),
+            sni,
+            domain,
+            resumed,
+            client: client.as_deref(),
+        },
+    );
+    if client.is_none() && tls.client_certificates != ClientCertificates::None {
+        events::no_peer_certificate(conn.id);
+    }
+    let _ = conn.tls.set(TlsInfo {
+        sni: sni.map(str::to_string),
+        domain: domain.clone(),
+        client_subject: client,
+    });
+    Ok(stream)
+}
+
 /// Reads until the first bytes (after `buf`, already read) tell TLS from plaintext.
 /// `None` if the client closed (FIN or RST) without sending a byte.
-async fn sniff(tcp: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Option<(Vec<u8>, Transport)>> {
+async fn sniff<S: AsyncRead + Unpin>(
+    client: &mut S,
+    mut buf: Vec<u8>,
+) -> io::Result<Option<(Vec<u8>, Transport)>> {
     buf.reserve(SNIFF_BUF);
     loop {
         if let Some(t) = policy::classify(&buf) {
             return Ok(Some((buf, t)));
         }
         let silent = buf.is_empty();
-        match tcp.read_buf(&mut buf).await {
+        match client.read_buf(&mut buf).await {
             Ok(0) if silent => return Ok(None),
             Err(e) if silent && e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
             Ok(0) => {
@@ -321,31 +396,18 @@ async fn sniff(tcp: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Option<(Vec<
     }
 }
 
-async fn connect_upstream(shared: &Shared, settings: &Settings) -> Result<Upstream, ConnError> {
-    let started = std::time::Instant::now();
-    let r = upstream::connect(&settings.upstream, settings.connect_timeout).await;
-    shared.readiness.record(r.as_ref().map(|_| ()));
-    let upstream = r.map_err(ConnError::Upstream)?;
-    shared.metrics.upstream_connected(started.elapsed());
-    if let Upstream::Tcp(s) = &upstream {
-        // mongod on another host (or its host gone) must not pin the client forever.
-        enable_keepalive(s, settings.tcp_keepalive).map_err(ConnError::Upstream)?;
-    }
-    Ok(upstream)
-}
-
-async fn forward<C>(
+async fn forward<C, U>(
     client: &mut C,
-    upstream: Upstream,
+    mut upstream: U,
     conn: &Arc<Conn>,
     shared: &Shared,
     settings: &Settings,
 ) -> Result<(), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
-    let idle = settings.idle_timeout;
     let tap: proxy::TapSlot<'_> = if settings.inspect {
         Some(Box::new(InspectTap::new(
             conn.clone(),
@@ -355,34 +417,35 @@ where
     } else {
         None
     };
-    let r = match upstream {
-        Upstream::Tcp(mut s) => proxy::run(client, &mut s, i, o, tap, idle).await,
-        Upstream::Unix(mut s) => proxy::run(client, &mut s, i, o, tap, idle).await,
-    };
-    r.map(|_| ()).map_err(|(e, _)| match e {
-        CopyError::Io(e) => ConnError::Io(e),
-        CopyError::Idle(after) => ConnError::Idle(after),
-    })
+    proxy::run(client, &mut upstream, i, o, tap, settings.idle_timeout)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| match e {
+            CopyError::Io(e) => ConnError::Io(e),
+            CopyError::Idle(after) => ConnError::Idle(after),
+        })
 }
 
 /// requireSSL and a plaintext client: answer its first message with a MongoDB error
 /// (`ok: 0`, code 141 SSLHandshakeFailed) so the driver shows why, then close cleanly.
-async fn reply_tls_required(
-    mut tcp: TcpStream,
-    mut buf: Vec<u8>,
-    deadline: Instant,
-) -> Result<(), ConnError> {
+/// `client` replays the bytes sniffed so far.
+async fn reply_tls_required<S>(mut client: Prefixed<S>, deadline: Instant) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
     let header = loop {
+        read_more(&mut client, &mut buf, deadline).await?;
         match Header::parse(&buf) {
             Ok(h) => break h,
             Err(WireError::Invalid(why)) => return Err(ConnError::NotMongoDb(why)),
-            Err(WireError::Incomplete { .. }) => read_more(&mut tcp, &mut buf, deadline).await?,
+            Err(WireError::Incomplete { .. }) => {}
         }
     };
     // Take in the whole request: closing a socket with unread input sends a reset, which
     // could destroy the reply before the client reads it.
     while buf.len() < header.length.min(REQUIRE_TLS_READ_MAX) {
-        read_more(&mut tcp, &mut buf, deadline).await?;
+        read_more(&mut client, &mut buf, deadline).await?;
     }
     drop(buf);
     let body = reply::error_document(
@@ -392,8 +455,8 @@ async fn reply_tls_required(
     );
     let out = reply::reply_to(&header, 0, &body);
     let send = async {
-        tcp.write_all(&out).await?;
-        tcp.shutdown().await
+        client.write_all(&out).await?;
+        client.shutdown().await
     };
     timeout_at(deadline, send)
         .await
@@ -402,19 +465,19 @@ async fn reply_tls_required(
     // Let the client read the reply and close first; discard whatever else it sends.
     let _ = timeout(REQUIRE_TLS_LINGER, async {
         let mut sink = [0u8; 512];
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
     Ok(())
 }
 
-async fn read_more(
-    tcp: &mut TcpStream,
+async fn read_more<S: AsyncRead + Unpin>(
+    client: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<(), ConnError> {
     buf.reserve(SNIFF_BUF);
-    match timeout_at(deadline, tcp.read_buf(buf)).await {
+    match timeout_at(deadline, client.read_buf(buf)).await {
         Err(_) => Err(ConnError::HandshakeTimeout),
         Ok(Err(e)) => Err(ConnError::TlsRequiredCut(e)),
         Ok(Ok(0)) => Err(ConnError::TlsRequiredCut(io::Error::new(
@@ -427,7 +490,203 @@ async fn read_more(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{duplex, DuplexStream};
+
     use super::*;
+    use crate::config::{ProxyProtocol, UpstreamAddr};
+    use crate::firewall::inventory::Inventory;
+    use crate::firewall::{DefaultPolicy, Firewall};
+    use crate::policy::Mode;
+    use crate::wire::OpCode;
+
+    /// A ClientHello as openssl s_client sent it (tests/fixtures/tls/README.md).
+    const CLIENT_HELLO: &[u8] =
+        include_bytes!("../tests/fixtures/tls/clienthello-openssl-3.0-sni-db.moat.test.bin");
+
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn shared(mode: Mode) -> Arc<Shared> {
+        let settings = Settings {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            connect_timeout: Duration::from_secs(1),
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+            upstream: UpstreamAddr::Unix("/nonexistent/upstream.sock".into()),
+            proxy_protocol: ProxyProtocol::Off,
+            proxy_from: Vec::new(),
+            inspect: false,
+            tcp_keepalive: Duration::from_secs(120),
+            idle_timeout: None,
+        };
+        let firewall = Firewall::build(DefaultPolicy::Allow, Vec::new(), &Inventory::default());
+        Shared::new(settings, mode, None, firewall)
+    }
+
+    /// Hands out one end of an in-memory pipe as the upstream, once.
+    struct Pipe(Mutex<Option<DuplexStream>>);
+
+    impl Dial for Pipe {
+        type Stream = DuplexStream;
+        async fn dial(&self) -> Result<DuplexStream, ConnError> {
+            let end = self.0.lock().ok().and_then(|mut p| p.take());
+            end.ok_or_else(|| ConnError::Upstream(io::ErrorKind::NotConnected.into()))
+        }
+    }
+
+    /// An upstream pipe: what moat dials, and the far end the test plays mongod on.
+    fn upstream() -> (Pipe, DuplexStream) {
+        let (near, far) = duplex(1 << 16);
+        (Pipe(Mutex::new(Some(near))), far)
+    }
+
+    /// Serves one in-memory client connection in `mode`; the test holds the client's end.
+    async fn serve_one(
+        mode: Mode,
+        dial: &Pipe,
+        client: DuplexStream,
+    ) -> (Result<(), ConnError>, Arc<Conn>) {
+        let shared = shared(mode);
+        let conn = shared
+            .registry
+            .insert(1, "127.0.0.1:5000".parse().unwrap(), Kind::Client);
+        let settings = shared.settings_full();
+        let deadline = Instant::now() + settings.handshake_timeout;
+        let r = serve(
+            client,
+            Vec::new(),
+            deadline,
+            &conn,
+            &shared,
+            &settings,
+            dial,
+        )
+        .await;
+        (r, conn)
+    }
+
+    /// An OP_MSG of exactly `len` bytes: `{hello: 1, $db: "admin", pad: "xxx..."}`.
+    fn op_msg(len: usize) -> Vec<u8> {
+        let pad = "x".repeat(len - 62);
+        let mut body = Vec::new();
+        bson::doc! {"hello": 1, "$db": "admin", "pad": pad}
+            .to_writer(&mut body)
+            .unwrap();
+        let total = 16 + 5 + body.len();
+        let mut m = Vec::new();
+        for v in [total as i32, 7, 0, 2013] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&[0; 5]);
+        m.extend(body);
+        assert_eq!(m.len(), len, "adjust the padding");
+        m
+    }
+
+    #[tokio::test]
+    async fn a_790_byte_mongodb_message_is_plaintext_and_forwarded_unchanged() {
+        let msg = op_msg(790);
+        assert_eq!(
+            &msg[..4],
+            &[0x16, 0x03, 0x00, 0x00],
+            "looks like a TLS record"
+        );
+        let (dial, mut mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        let sent = msg.clone();
+        let peer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            let mut got = vec![0u8; sent.len()];
+            mongod.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, sent);
+            drop(client);
+        });
+        let (r, conn) = serve_one(Mode::PreferSsl, &dial, server_side).await;
+        peer.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(conn.transport(), Some(Transport::Plaintext));
+    }
+
+    #[tokio::test]
+    async fn require_ssl_answers_the_first_message_with_an_error_then_closes_with_fin() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        let reader = tokio::spawn(async move {
+            client.write_all(&op_msg(100)).await.unwrap();
+            let mut reply = Vec::new();
+            // EOF after the reply: moat closed with a FIN, not a reset.
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let (r, _) = serve_one(Mode::RequireSsl, &dial, server_side).await;
+        assert!(
+            matches!(r, Err(ConnError::Refused(RejectReason::TlsRequired))),
+            "{r:?}"
+        );
+        let reply = reader.await.unwrap();
+        let h = Header::parse(&reply).unwrap();
+        assert_eq!(
+            (h.op_code, h.response_to, h.length),
+            (OpCode::Msg, 7, reply.len())
+        );
+        let doc = bson::Document::from_reader(&reply[21..]).unwrap();
+        assert_eq!(doc.get_i32("code").unwrap(), 141);
+        assert_eq!(doc.get_str("errmsg").unwrap(), TLS_REQUIRED_MESSAGE);
+        assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_mid_sniff_is_closed_at_the_handshake_deadline() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        // Two bytes that could begin a TLS record: undecided until the third.
+        client.write_all(&[0x16, 0x03]).await.unwrap();
+        let started = Instant::now();
+        let (r, conn) = serve_one(Mode::PreferSsl, &dial, server_side).await;
+        assert!(matches!(r, Err(ConnError::HandshakeTimeout)), "{r:?}");
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+        assert_eq!(conn.transport(), None);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_proxy_header_from_a_peer_not_trusted_to_send_one_is_refused() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        client
+            .write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 27017\r\n")
+            .await
+            .unwrap();
+        let (r, _) = serve_one(Mode::PreferSsl, &dial, server_side).await;
+        assert!(matches!(r, Err(ConnError::UntrustedProxyHeader)), "{r:?}");
+        assert_eq!(r.unwrap_err().reason(), Some(RejectReason::ProxyHeader));
+        assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_is_refused_in_disabled_and_mongod_never_dialled() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        client.write_all(CLIENT_HELLO).await.unwrap();
+        let (r, conn) = serve_one(Mode::Disabled, &dial, server_side).await;
+        assert!(
+            matches!(r, Err(ConnError::Refused(RejectReason::TlsDisabled))),
+            "{r:?}"
+        );
+        assert_eq!(conn.transport(), Some(Transport::Tls));
+        assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_without_any_certificate_is_a_tls_error_not_a_hang() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        client.write_all(CLIENT_HELLO).await.unwrap();
+        let (r, _) = serve_one(Mode::PreferSsl, &dial, server_side).await;
+        assert!(matches!(r, Err(ConnError::NoCertificates)), "{r:?}");
+        assert_eq!(r.unwrap_err().reason(), Some(RejectReason::TlsError));
+    }
 
     #[tokio::test]
     async fn keepalive_probes_start_after_the_time_and_follow_the_documented_schedule() {

@@ -18,15 +18,18 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::config::EgressConfig;
-use crate::conn::{enable_keepalive, normalize_addr};
+use crate::conn::enable_keepalive;
 use crate::error::Invalid;
 use crate::events;
 use crate::firewall;
+use crate::firewall::normalize_addr;
 use crate::policy::Transport;
 use crate::proxy;
 use crate::registry::Kind;
@@ -96,6 +99,23 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Why an egress connection ended early.
+#[derive(Debug, Error)]
+pub enum EgressError {
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("cannot enable TCP keepalive towards {0}: {1}")]
+    Keepalive(String, std::io::Error),
+    #[error("TLS handshake with {0} timed out")]
+    TlsTimeout(String),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(String, std::io::Error),
+    #[error("{0}")]
+    Copy(proxy::CopyError),
 }
 
 /// One `[[egress]]` listener.
@@ -175,27 +195,28 @@ async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared:
     events::egress_accepted(id, from, &target.peer, transport, mode);
     let timeout = shared.settings().connect_timeout;
     let result = async {
-        let addr = target.peer.as_str();
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let peer = target.peer.clone();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&target.peer))
             .await
-            .map_err(|_| format!("connect to {addr} timed out"))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|_| EgressError::ConnectTimeout(peer.clone()))?
+            .map_err(|e| EgressError::Connect(peer.clone(), e))?;
         let _ = tcp.set_nodelay(true);
-        enable_keepalive(&tcp, keepalive)
-            .map_err(|e| format!("cannot enable TCP keepalive towards {addr}: {e}"))?;
-        let (bytes_in, bytes_out) = (&conn.bytes_in, &conn.bytes_out);
-        let copied = if mode.egress_tls() {
+        enable_keepalive(&tcp, keepalive).map_err(|e| EgressError::Keepalive(peer.clone(), e))?;
+        let mut stream = if mode.egress_tls() {
             let handshake = target.connector.connect(target.server_name.clone(), tcp);
-            let mut tls = tokio::time::timeout(timeout, handshake)
+            let tls = tokio::time::timeout(timeout, handshake)
                 .await
-                .map_err(|_| format!("TLS handshake with {addr} timed out"))?
-                .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-            proxy::run(&mut local, &mut tls, bytes_in, bytes_out, None, None).await
+                .map_err(|_| EgressError::TlsTimeout(peer.clone()))?
+                .map_err(|e| EgressError::Tls(peer.clone(), e))?;
+            Either::Left(tls)
         } else {
-            let mut tcp = tcp;
-            proxy::run(&mut local, &mut tcp, bytes_in, bytes_out, None, None).await
+            Either::Right(tcp)
         };
-        copied.map(|_| ()).map_err(|(e, _)| e.to_string())
+        let (bytes_in, bytes_out) = (&conn.bytes_in, &conn.bytes_out);
+        proxy::run(&mut local, &mut stream, bytes_in, bytes_out, None, None)
+            .await
+            .map(drop)
+            .map_err(|(e, _)| EgressError::Copy(e))
     }
     .await;
     if let Err(e) = result {

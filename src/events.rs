@@ -53,6 +53,7 @@ pub mod ids {
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
     pub const METRICS_LISTENING: u64 = 9_800_032;
     pub const CONFIG_WARNING: u64 = 9_800_033;
+    pub const REFUSED: u64 = 9_800_034;
     pub const LOG_LINES_DROPPED: u64 = 9_800_050;
     pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
     pub const METRICS_LIMIT: u64 = 9_800_071;
@@ -185,6 +186,16 @@ pub fn refused_tls_disabled(conn: u64, peer: SocketAddr) {
         msg = "Refused TLS connection: TLS is disabled",
         remote = %peer, reason = "tls_disabled",
         "refusing TLS connection from {peer}: mode disabled accepts plaintext only"
+    );
+}
+
+/// A refusal by a reason the SSL mode does not decide (kept for completeness: today none
+/// reaches a connection this way).
+pub fn refused(conn: u64, peer: SocketAddr, reason: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::REFUSED, ctx = %ConnCtx(conn), msg = "Connection refused",
+        remote = %peer, reason,
+        "refusing connection from {peer}: {reason}"
     );
 }
 
@@ -422,11 +433,11 @@ pub fn refused_firewall(peer: SocketAddr) {
     );
 }
 
-pub fn refused_proxy_header(peer: SocketAddr, why: &str) {
+pub fn refused_proxy_header(peer: SocketAddr, why: &dyn fmt::Display) {
     tracing::info!(
         c = "NETWORK", id = ids::REFUSED_PROXY_HEADER, ctx = "listener",
         msg = "Connection refused: PROXY header",
-        remote = %peer, reason = "proxy_header", error = why,
+        remote = %peer, reason = "proxy_header", error = %why,
         "connection refused from {peer}: {why}"
     );
 }
@@ -460,11 +471,11 @@ pub fn inventory_loaded(path: &str, interfaces: usize, sg_addresses: usize) {
     );
 }
 
-pub fn inventory_failed(path: &str, error: &str, last_good: usize) {
+pub fn inventory_failed(path: &str, error: &dyn fmt::Display, last_good: usize) {
     tracing::error!(
         c = "ACCESS", id = ids::INVENTORY_FAILED, ctx = "firewall",
         msg = "Security-group inventory unusable",
-        path, error, lastGoodInterfaces = last_good as u64,
+        path, error = %error, lastGoodInterfaces = last_good as u64,
         "security-group inventory unusable, keeping the last good one ({last_good} interfaces): {error}"
     );
 }

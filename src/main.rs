@@ -1,13 +1,14 @@
 //! The `moat` binary: parse the command line, run the command, turn its outcome into an
 //! exit code (SPEC: 0 ok, 1 runtime or validation error, 2 usage error, from clap).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 
-use moat::cli::{Cli, Command};
+use moat::certgen::CertgenError;
+use moat::cli::{CertsCommand, Cli, Command};
 use moat::config::load;
 use moat::{app, certgen, check, events, telemetry, tls};
 
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check::check(&a.config)
             .map(|report| print!("{report}"))
             .map_err(anyhow::Error::from),
-        Command::Certs(c) => certgen::run(&c)
+        Command::Certs(c) => certs(&c)
             .map(|line| println!("{line}"))
             .map_err(|e| anyhow::anyhow!("moat certs: {e}")),
         Command::Ctl(c) => return moat::admin::client::main(c),
@@ -49,4 +50,45 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let served = runtime.block_on(app::serve(path, loaded, resumption, log));
     runtime.shutdown_background();
     Ok(served?)
+}
+
+/// Runs a `moat certs` command; returns the line to print.
+fn certs(cmd: &CertsCommand) -> Result<String, CertgenError> {
+    let names = |h: &[String]| h.join(",");
+    let password = |p: Option<PathBuf>| {
+        p.map(|p| format!("; the key's password is in {} (0600)", p.display()))
+            .unwrap_or_default()
+    };
+    Ok(match cmd {
+        CertsCommand::Init(o) => {
+            let f = certgen::init(o)?;
+            format!(
+                "wrote {} (CA), {} (CA key, keep private), {} and {} for names {}",
+                f.ca.display(),
+                f.ca_key.display(),
+                f.cert.display(),
+                f.key.display(),
+                names(&o.hostnames)
+            )
+        }
+        CertsCommand::Issue(o) => {
+            let f = certgen::issue(o)?;
+            format!(
+                "wrote {} and {} for names {}{}",
+                f.cert.display(),
+                f.key.display(),
+                names(&o.hostnames),
+                password(f.new_password_file)
+            )
+        }
+        CertsCommand::Csr(o) => {
+            let created = certgen::csr(o)?;
+            format!(
+                "wrote {} (send it to your CA) and {} (this node's key, 0600){}",
+                o.out.display(),
+                o.key.display(),
+                password(created)
+            )
+        }
+    })
 }

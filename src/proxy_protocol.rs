@@ -45,19 +45,42 @@ pub enum Parsed {
         source: Option<SocketAddr>,
         len: usize,
     },
-    Invalid(String),
+    Invalid(HeaderError),
+}
+
+/// Why a PROXY header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("no PROXY protocol header where one is required")]
+    Missing,
+    #[error("PROXY header longer than {MAX_HEADER} bytes")]
+    TooLong,
+    #[error("a PROXY v1 header, but listen.proxy_protocol = \"v2\"")]
+    WrongV1,
+    #[error("a PROXY v2 header, but listen.proxy_protocol = \"v1\"")]
+    WrongV2,
+    #[error("malformed PROXY v1 header: {0}")]
+    MalformedV1(String),
+    #[error("malformed PROXY v2 header: {0}")]
+    MalformedV2(String),
+    #[error("no PROXY header within handshake_timeout")]
+    Timeout,
+    #[error("reading the PROXY header: {0}")]
+    Read(String),
+    #[error("closed before a complete PROXY header")]
+    Closed,
 }
 
 /// Parses the header at the start of `buf`, as `mode` allows.
 pub fn parse(buf: &[u8], mode: ProxyProtocol) -> Parsed {
     let prefix_of = |sig: &[u8]| sig.starts_with(&buf[..buf.len().min(sig.len())]);
     if !(prefix_of(b"PROXY ") || prefix_of(V2_SIGNATURE)) {
-        return Parsed::Invalid("no PROXY protocol header where one is required".into());
+        return Parsed::Invalid(HeaderError::Missing);
     }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
         return if buf.len() >= MAX_HEADER {
-            Parsed::Invalid(format!("PROXY header longer than {MAX_HEADER} bytes"))
+            Parsed::Invalid(HeaderError::TooLong)
         } else {
             Parsed::Incomplete
         };
@@ -83,14 +106,10 @@ pub fn parse(buf: &[u8], mode: ProxyProtocol) -> Parsed {
             },
             len: h.len(),
         },
-        HeaderResult::V1(Ok(_)) => {
-            Parsed::Invalid("a PROXY v1 header, but listen.proxy_protocol = \"v2\"".into())
-        }
-        HeaderResult::V2(Ok(_)) => {
-            Parsed::Invalid("a PROXY v2 header, but listen.proxy_protocol = \"v1\"".into())
-        }
-        HeaderResult::V1(Err(e)) => Parsed::Invalid(format!("malformed PROXY v1 header: {e}")),
-        HeaderResult::V2(Err(e)) => Parsed::Invalid(format!("malformed PROXY v2 header: {e}")),
+        HeaderResult::V1(Ok(_)) => Parsed::Invalid(HeaderError::WrongV1),
+        HeaderResult::V2(Ok(_)) => Parsed::Invalid(HeaderError::WrongV2),
+        HeaderResult::V1(Err(e)) => Parsed::Invalid(HeaderError::MalformedV1(e.to_string())),
+        HeaderResult::V2(Err(e)) => Parsed::Invalid(HeaderError::MalformedV2(e.to_string())),
     }
 }
 
@@ -100,7 +119,7 @@ pub async fn read(
     tcp: &mut TcpStream,
     mode: ProxyProtocol,
     deadline: Instant,
-) -> Result<(Option<SocketAddr>, Vec<u8>), String> {
+) -> Result<(Option<SocketAddr>, Vec<u8>), HeaderError> {
     let mut buf = Vec::with_capacity(256);
     loop {
         match parse(&buf, mode) {
@@ -110,9 +129,9 @@ pub async fn read(
         }
         buf.reserve(256);
         match timeout_at(deadline, tcp.read_buf(&mut buf)).await {
-            Err(_) => return Err("no PROXY header within handshake_timeout".into()),
-            Ok(Err(e)) => return Err(format!("reading the PROXY header: {e}")),
-            Ok(Ok(0)) => return Err("closed before a complete PROXY header".into()),
+            Err(_) => return Err(HeaderError::Timeout),
+            Ok(Err(e)) => return Err(HeaderError::Read(e.to_string())),
+            Ok(Ok(0)) => return Err(HeaderError::Closed),
             Ok(Ok(_)) => {}
         }
     }

@@ -9,9 +9,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::conn;
-use crate::conn::normalize_addr;
 use crate::events;
-use crate::firewall::Verdict;
+use crate::firewall::normalize_addr;
 use crate::policy::RejectReason;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -30,14 +29,10 @@ pub async fn run(
 ) -> usize {
     let max = shared.settings().max_connections;
     let permits = Arc::new(Semaphore::new(max));
-    loop {
+    let signal = loop {
         let accepted = tokio::select! {
             biased;
-            signal = shutdown.requested() => {
-                shared.readiness.shutting_down();
-                events::shutdown_started(signal, shared.open_connections(), shared.settings().shutdown_timeout);
-                break;
-            }
+            signal = shutdown.requested() => break signal,
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {
@@ -52,11 +47,7 @@ pub async fn run(
         // The firewall decides before anything is read. A trusted load balancer's
         // connections are judged on the client its PROXY header names, in the task.
         let trusted = shared.settings().trusts_proxy(peer.ip());
-        if !trusted && shared.firewall().check(peer.ip()) == Verdict::Deny {
-            shared.metrics.rejected(RejectReason::Firewall);
-            if shared.refusal_log.allow() {
-                events::refused_firewall(normalize_addr(peer));
-            }
+        if !trusted && shared.admit(peer).is_err() {
             drop(tcp);
             continue;
         }
@@ -73,10 +64,14 @@ pub async fn run(
             conn::handle(tcp, peer, trusted, shared).await;
             drop(permit);
         });
-    }
+    };
+    // Closed before the line that says so: from then on the kernel refuses new clients.
     drop(listener);
+    shared.readiness.shutting_down();
+    let timeout = shared.settings().shutdown_timeout;
+    events::shutdown_started(signal, shared.open_connections(), timeout);
     tracker.close();
-    let drained = tokio::time::timeout(shared.settings().shutdown_timeout, tracker.wait()).await;
+    let drained = tokio::time::timeout(timeout, tracker.wait()).await;
     let remaining = if drained.is_ok() { 0 } else { tracker.len() };
     events::shutdown_done(remaining);
     remaining

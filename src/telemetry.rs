@@ -74,15 +74,26 @@ impl Drop for LogGuard {
 
 impl LogHandle {
     /// Applies a new `[log] level` (ignored while MOAT_LOG / RUST_LOG set the level).
-    pub fn set_level(&self, level: &str) -> Result<(), String> {
+    pub fn set_level(&self, level: &str) -> Result<(), LevelError> {
         if self.env_override {
             return Ok(());
         }
         let f = EnvFilter::builder()
             .parse(level)
-            .map_err(|e| format!("invalid log level `{level}`: {e}"))?;
-        self.filter.reload(f).map_err(|e| e.to_string())
+            .map_err(|e| LevelError::Invalid(level.to_string(), e.to_string()))?;
+        self.filter
+            .reload(f)
+            .map_err(|e| LevelError::Reload(e.to_string()))
     }
+}
+
+/// Why a new log level was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LevelError {
+    #[error("invalid log level `{0}`: {1}")]
+    Invalid(String, String),
+    #[error("cannot change the log level: {0}")]
+    Reload(String),
 }
 
 /// Installs the global logger. Lines go to stdout through a background writer thread and

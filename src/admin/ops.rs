@@ -88,7 +88,7 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error("{0}")]
-    LogLevel(String),
+    LogLevel(#[from] crate::telemetry::LevelError),
     #[error("the reload did not finish: {0}")]
     Task(String),
 }
@@ -288,8 +288,7 @@ impl Control {
             ..
         } = loaded;
         if let Some(log) = &self.log {
-            log.set_level(&config.log.level)
-                .map_err(ReloadError::LogLevel)?;
+            log.set_level(&config.log.level)?;
         }
         let mut applied = Vec::new();
         let domains = config.tls.domains.len();

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{Config, Source, UpstreamAddr};
 use crate::egress::Target;
 use crate::error::{ConfigError, ConfigErrors, Invalid};
-use crate::firewall::plane::FirewallPlane;
+use crate::firewall::plane::{FirewallPlane, InventoryError};
 use crate::firewall::Firewall;
 use crate::tls::{Resumption, TlsState};
 
@@ -23,15 +23,16 @@ pub struct Loaded {
     pub firewall: Firewall,
     /// Why the inventory could not be read, if it could not: `check` refuses the config,
     /// `run` starts without it and a reload keeps the last good one.
-    pub inventory_error: Option<String>,
+    pub inventory_error: Option<InventoryError>,
 }
 
 /// Reads the config file and loads every file it names; all problems are reported.
 pub fn load(path: &Path, resumption: &Resumption) -> Result<Loaded, ConfigErrors> {
     let (config, source) = super::load(path)?;
-    let upstream = config
-        .upstream_addr()
-        .map_err(|m| source.place(vec![Invalid::new("upstream.address", m)]))?;
+    let upstream = config.upstream_addr().ok_or_else(|| {
+        let unresolved = format!("`{}` was not resolved", config.upstream.address);
+        source.place(vec![Invalid::new("upstream.address", unresolved)])
+    })?;
     let mut problems = Vec::new();
     let tls = TlsState::build(&config.tls, resumption).unwrap_or_else(|p| {
         problems.extend(p);

@@ -274,12 +274,9 @@ impl Config {
         }
     }
 
-    /// The upstream address as validation resolved it.
-    pub fn upstream_addr(&self) -> Result<UpstreamAddr, String> {
-        self.upstream
-            .resolved
-            .clone()
-            .ok_or_else(|| format!("`{}` was not resolved", self.upstream.address))
+    /// The upstream address as validation resolved it (`None` only before validation).
+    pub fn upstream_addr(&self) -> Option<UpstreamAddr> {
+        self.upstream.resolved.clone()
     }
 }
 
@@ -414,8 +411,27 @@ fn names(domains: &[DomainConfig]) -> String {
     }
 }
 
+/// Why a configured value is not what its key needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{0}` is not a DNS name (a leading `*.` is the only wildcard allowed)")]
+    NotDnsName(String),
+    #[error("`{0}` is an IP address: clients verify hostnames, so list DNS names here")]
+    IpAsHostname(String),
+    #[error("`unix:` needs a socket path, e.g. \"unix:/tmp/mongodb-27018.sock\"")]
+    EmptyUnixPath,
+    #[error("`{0}` needs a port: \"host:port\" or \"unix:/path\"")]
+    NoPort(String),
+    #[error("`{0}` is not \"host:port\" (port 1-65535) or \"unix:/path\"")]
+    NotHostPort(String),
+    #[error("cannot resolve `{0}`: {1}")]
+    Resolve(String, String),
+    #[error("`{0}` resolves to no address")]
+    NoAddress(String),
+}
+
 /// A DNS name, optionally with a single leading `*.` label.
-fn check_hostname(h: &str) -> Result<(), String> {
+fn check_hostname(h: &str) -> Result<(), ValueError> {
     let rest = h.strip_prefix("*.").unwrap_or(h);
     let ok_label = |l: &str| {
         !l.is_empty()
@@ -425,44 +441,36 @@ fn check_hostname(h: &str) -> Result<(), String> {
             && !l.ends_with('-')
     };
     if rest.is_empty() || h.len() > 253 || !rest.split('.').all(ok_label) {
-        return Err(format!(
-            "`{h}` is not a DNS name (a leading `*.` is the only wildcard allowed)"
-        ));
+        return Err(ValueError::NotDnsName(h.to_string()));
     }
     if rest.parse::<std::net::IpAddr>().is_ok()
         || rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
     {
-        return Err(format!(
-            "`{h}` is an IP address: clients verify hostnames, so list DNS names here"
-        ));
+        return Err(ValueError::IpAsHostname(h.to_string()));
     }
     Ok(())
 }
 
 /// `unix:/path` or `host:port` (resolved now).
-fn parse_upstream(s: &str, base: &Path) -> Result<UpstreamAddr, String> {
+fn parse_upstream(s: &str, base: &Path) -> Result<UpstreamAddr, ValueError> {
     if let Some(p) = s.strip_prefix("unix:") {
         if p.is_empty() {
-            return Err(
-                "`unix:` needs a socket path, e.g. \"unix:/tmp/mongodb-27018.sock\"".into(),
-            );
+            return Err(ValueError::EmptyUnixPath);
         }
         return Ok(UpstreamAddr::Unix(base.join(p)));
     }
     let (host, port) = s
         .rsplit_once(':')
-        .ok_or_else(|| format!("`{s}` needs a port: \"host:port\" or \"unix:/path\""))?;
+        .ok_or_else(|| ValueError::NoPort(s.to_string()))?;
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!(
-            "`{s}` is not \"host:port\" (port 1-65535) or \"unix:/path\""
-        ));
+        return Err(ValueError::NotHostPort(s.to_string()));
     }
     let addrs: Vec<SocketAddr> = s
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{s}`: {e}"))?
+        .map_err(|e| ValueError::Resolve(s.to_string(), e.to_string()))?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("`{s}` resolves to no address"));
+        return Err(ValueError::NoAddress(s.to_string()));
     }
     Ok(UpstreamAddr::Tcp {
         name: s.to_string(),

@@ -7,6 +7,11 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+/// A file that is not `describe-network-interfaces` output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not `aws ec2 describe-network-interfaces` output: {0}")]
+pub struct NotInventory(pub String);
+
 /// Addresses by (account, security group).
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
@@ -62,9 +67,8 @@ struct Association {
 
 impl Inventory {
     /// Parses `describe-network-interfaces` output.
-    pub fn parse(json: &str) -> Result<Inventory, String> {
-        let doc: Doc = serde_json::from_str(json)
-            .map_err(|e| format!("not `aws ec2 describe-network-interfaces` output: {e}"))?;
+    pub fn parse(json: &str) -> Result<Inventory, NotInventory> {
+        let doc: Doc = serde_json::from_str(json).map_err(|e| NotInventory(e.to_string()))?;
         let mut by_group: HashMap<(String, String), Vec<IpAddr>> = HashMap::new();
         for i in &doc.interfaces {
             let mut addrs: Vec<IpAddr> = Vec::new();
@@ -114,6 +118,7 @@ mod tests {
     fn corrupt_or_foreign_json_is_refused_with_a_reason() {
         assert!(Inventory::parse("{")
             .unwrap_err()
+            .to_string()
             .contains("describe-network-interfaces"));
         assert!(Inventory::parse(r#"{"Reservations": []}"#).is_err());
         assert_eq!(

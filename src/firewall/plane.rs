@@ -23,7 +23,7 @@ pub struct FirewallPlane {
     /// Hash of the file content last loaded: a rewrite is noticed even when its size and
     /// mtime (coarse, on some filesystems) are unchanged.
     loaded_hash: Option<u64>,
-    last_error: Option<String>,
+    last_error: Option<InventoryError>,
 }
 
 /// Why a rule edit was refused.
@@ -41,6 +41,18 @@ pub enum PlaneError {
     NoInventory,
 }
 
+/// Why the security-group inventory could not be used (the last good one stays).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InventoryError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: inventory::NotInventory,
+    },
+}
+
 /// What an inventory check found.
 pub enum InventoryChange {
     /// The file is as it was.
@@ -48,7 +60,7 @@ pub enum InventoryChange {
     /// A new inventory was loaded.
     Loaded,
     /// The file is missing or corrupt; the last good inventory stays (error, newly seen).
-    Failed(String),
+    Failed(InventoryError),
     /// Still failing, with the error already reported.
     StillFailing,
 }
@@ -56,11 +68,14 @@ pub enum InventoryChange {
 impl FirewallPlane {
     /// The plane for a (validated) `[firewall]`. The inventory is read now; if it cannot
     /// be, the plane starts with none and the error is returned for the caller to report.
-    pub fn new(cfg: &FirewallConfig) -> (FirewallPlane, Option<String>) {
+    pub fn new(cfg: &FirewallConfig) -> (FirewallPlane, Option<InventoryError>) {
         Self::with_rules(cfg, cfg.rules().to_vec())
     }
 
-    fn with_rules(cfg: &FirewallConfig, rules: Vec<Rule>) -> (FirewallPlane, Option<String>) {
+    fn with_rules(
+        cfg: &FirewallConfig,
+        rules: Vec<Rule>,
+    ) -> (FirewallPlane, Option<InventoryError>) {
         let mut plane = FirewallPlane {
             default: cfg.default,
             rules,
@@ -94,7 +109,7 @@ impl FirewallPlane {
     }
 
     /// Logs the inventory as it stands at start: loaded (with what it allows), or why not.
-    pub fn log_inventory(&self, error: Option<&str>, firewall: &Firewall) {
+    pub fn log_inventory(&self, error: Option<&InventoryError>, firewall: &Firewall) {
         let Some(p) = &self.inventory_path else {
             return;
         };
@@ -124,7 +139,10 @@ impl FirewallPlane {
             return InventoryChange::Unchanged;
         };
         let loaded = std::fs::read(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .map_err(|e| InventoryError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
             .and_then(|bytes| {
                 let hash = inventory::content_hash(&bytes);
                 if Some(hash) == self.loaded_hash {
@@ -133,7 +151,10 @@ impl FirewallPlane {
                 let text = String::from_utf8_lossy(&bytes);
                 Inventory::parse(&text)
                     .map(|inv| Some((inv, hash)))
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .map_err(|e| InventoryError::Parse {
+                        path: path.display().to_string(),
+                        source: e,
+                    })
             });
         match loaded {
             Ok(None) => InventoryChange::Unchanged,

@@ -2,34 +2,85 @@
 //! the file and says what is wrong with it and how to fix it.
 
 use std::fmt;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
+use thiserror::Error;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use zeroize::Zeroizing;
 
 use crate::config::DomainConfig;
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+/// What is wrong with a certificate, key or password file; every message names the file.
+#[derive(Debug, Error)]
+pub enum CertError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: bad PEM: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("{} holds no `BEGIN CERTIFICATE` block", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} is empty: it should hold the key's password", path.display())]
+    EmptyPassword { path: PathBuf },
+    #[error("{} is an encrypted key: set key_password_file to the file holding its password", path.display())]
+    EncryptedWithoutPassword { path: PathBuf },
+    #[error("{} is not encrypted, but key_password_file is set: encrypt the key (moat certs issue --encrypt-key, or openssl pkcs8 -topk8 -v2 aes-256-cbc) or remove key_password_file", path.display())]
+    PasswordWithoutEncryption { path: PathBuf },
+    #[error("{} holds no private key (expected a PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY` block)", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: expected a `BEGIN {ENCRYPTED_LABEL}` block", path.display())]
+    NotEncryptedBlock { path: PathBuf },
+    #[error("{}: not an encrypted PKCS#8 key: {message}", path.display())]
+    NotPkcs8 { path: PathBuf, message: String },
+    #[error("cannot decrypt {} with the password in key_password_file ({message}): wrong password?", path.display())]
+    Decrypt { path: PathBuf, message: String },
+    #[error("{}: unusable private key: {message}", path.display())]
+    UnusableKey { path: PathBuf, message: String },
+    #[error("{} does not belong to the first certificate in {} (is the leaf certificate first?)", key.display(), cert.display())]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("{}: unparseable certificate: {message}", path.display())]
+    Unparseable { path: PathBuf, message: String },
+    #[error("{}: certificate #{index} ({child}) is not issued by the one after it ({parent}): put the leaf first, then each issuer in turn", path.display())]
+    ChainOrder {
+        path: PathBuf,
+        index: usize,
+        child: String,
+        parent: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Other { path: PathBuf, message: String },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(path: &Path, e: impl fmt::Display) -> CertError {
+    CertError::Pem {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// The certificates in a PEM file, in file order (leaf first, then its chain).
-pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let data = read(path)?;
     let chain = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        .map_err(|e| pem_error(path, e))?;
     if chain.is_empty() {
-        return Err(format!(
-            "{} holds no `BEGIN CERTIFICATE` block",
-            path.display()
-        ));
+        return Err(CertError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(chain)
 }
@@ -55,7 +106,7 @@ impl Secret {
 
 /// Reads a password file; one trailing newline (`\n` or `\r\n`) is not part of the
 /// password, as with `openssl -passin file:`.
-pub fn read_password(path: &Path) -> Result<Secret, String> {
+pub fn read_password(path: &Path) -> Result<Secret, CertError> {
     let mut bytes = Zeroizing::new(read(path)?);
     if bytes.ends_with(b"\n") {
         bytes.pop();
@@ -64,10 +115,9 @@ pub fn read_password(path: &Path) -> Result<Secret, String> {
         }
     }
     if bytes.is_empty() {
-        return Err(format!(
-            "{} is empty: it should hold the key's password",
-            path.display()
-        ));
+        return Err(CertError::EmptyPassword {
+            path: path.to_path_buf(),
+        });
     }
     Ok(Secret(bytes))
 }
@@ -76,52 +126,52 @@ const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
 
 /// The private key in a PEM file: PKCS#8, PKCS#1 (RSA), SEC1 (EC), or encrypted PKCS#8
 /// (PBES2) when `password` is given.
-pub fn load_key(path: &Path, password: Option<&Secret>) -> Result<PrivateKeyDer<'static>, String> {
+pub fn load_key(
+    path: &Path,
+    password: Option<&Secret>,
+) -> Result<PrivateKeyDer<'static>, CertError> {
     let data = Zeroizing::new(read(path)?);
     let text = String::from_utf8_lossy(&data);
     let encrypted = text.contains(&format!("BEGIN {ENCRYPTED_LABEL}"));
+    let path_buf = || path.to_path_buf();
     match (encrypted, password) {
-        (true, None) => Err(format!(
-            "{} is an encrypted key: set key_password_file to the file holding its password",
-            path.display()
-        )),
-        (false, Some(_)) => Err(format!(
-            "{} is not encrypted, but key_password_file is set: encrypt the key (moat certs issue --encrypt-key, or openssl pkcs8 -topk8 -v2 aes-256-cbc) or remove key_password_file",
-            path.display()
-        )),
+        (true, None) => Err(CertError::EncryptedWithoutPassword { path: path_buf() }),
+        (false, Some(_)) => Err(CertError::PasswordWithoutEncryption { path: path_buf() }),
         (true, Some(pw)) => decrypt(path, &text, pw),
         (false, None) => match PrivateKeyDer::from_pem_slice(&data) {
             Ok(k) => Ok(k),
-            Err(pem::Error::NoItemsFound) => Err(format!(
-                "{} holds no private key (expected a PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY` block)",
-                path.display()
-            )),
-            Err(e) => Err(format!("{}: bad PEM: {e}", path.display())),
+            Err(pem::Error::NoItemsFound) => Err(CertError::NoKey { path: path_buf() }),
+            Err(e) => Err(pem_error(path, e)),
         },
     }
 }
 
-fn decrypt(path: &Path, text: &str, password: &Secret) -> Result<PrivateKeyDer<'static>, String> {
+fn decrypt(
+    path: &Path,
+    text: &str,
+    password: &Secret,
+) -> Result<PrivateKeyDer<'static>, CertError> {
     use pkcs8::der::Decode;
     let begin = text
         .find(&format!("-----BEGIN {ENCRYPTED_LABEL}-----"))
         .unwrap_or(0);
-    let (label, der) = pkcs8::der::pem::decode_vec(&text.as_bytes()[begin..])
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    let (label, der) =
+        pkcs8::der::pem::decode_vec(&text.as_bytes()[begin..]).map_err(|e| pem_error(path, e))?;
     if label != ENCRYPTED_LABEL {
-        return Err(format!(
-            "{}: expected a `BEGIN {ENCRYPTED_LABEL}` block",
-            path.display()
-        ));
+        return Err(CertError::NotEncryptedBlock {
+            path: path.to_path_buf(),
+        });
     }
-    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(&der)
-        .map_err(|e| format!("{}: not an encrypted PKCS#8 key: {e}", path.display()))?;
-    let doc = info.decrypt(password.as_bytes()).map_err(|e| {
-        format!(
-            "cannot decrypt {} with the password in key_password_file ({e}): wrong password?",
-            path.display()
-        )
+    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(&der).map_err(|e| CertError::NotPkcs8 {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })?;
+    let doc = info
+        .decrypt(password.as_bytes())
+        .map_err(|e| CertError::Decrypt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         doc.as_bytes().to_vec(),
     )))
@@ -150,7 +200,7 @@ impl Which {
 pub fn certified_key(
     d: &DomainConfig,
     provider: &CryptoProvider,
-) -> Result<Arc<CertifiedKey>, (Which, String)> {
+) -> Result<Arc<CertifiedKey>, (Which, CertError)> {
     let chain = load_chain(&d.cert).map_err(|e| (Which::Cert, e))?;
     check_chain_order(&chain, &d.cert).map_err(|e| (Which::Cert, e))?;
     let password = match &d.key_password_file {
@@ -160,47 +210,45 @@ pub fn certified_key(
     let der = load_key(&d.key, password.as_ref()).map_err(|e| (Which::Key, e))?;
     drop(password);
     let signing = provider.key_provider.load_private_key(der).map_err(|e| {
-        (
-            Which::Key,
-            format!("{}: unusable private key: {e}", d.key.display()),
-        )
+        let message = e.to_string();
+        let path = d.key.clone();
+        (Which::Key, CertError::UnusableKey { path, message })
     })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            return Err((
-                Which::Key,
-                format!(
-                    "{} does not belong to the first certificate in {} (is the leaf certificate first?)",
-                    d.key.display(),
-                    d.cert.display()
-                ),
-            ))
+            let (key, cert) = (d.key.clone(), d.cert.clone());
+            return Err((Which::Key, CertError::KeyMismatch { key, cert }));
         }
-        Err(e) => return Err((Which::Cert, format!("{}: {e}", d.cert.display()))),
+        Err(e) => {
+            let (path, message) = (d.cert.clone(), e.to_string());
+            return Err((Which::Cert, CertError::Other { path, message }));
+        }
     }
     Ok(Arc::new(ck))
 }
 
-fn parse<'a>(der: &'a CertificateDer<'_>, path: &Path) -> Result<X509Certificate<'a>, String> {
+fn parse<'a>(der: &'a CertificateDer<'_>, path: &Path) -> Result<X509Certificate<'a>, CertError> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, c)| c)
-        .map_err(|e| format!("{}: unparseable certificate: {e}", path.display()))
+        .map_err(|e| CertError::Unparseable {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// Each certificate must be issued by the one after it: leaf first, root (if any) last.
-fn check_chain_order(chain: &[CertificateDer<'_>], path: &Path) -> Result<(), String> {
+fn check_chain_order(chain: &[CertificateDer<'_>], path: &Path) -> Result<(), CertError> {
     for (i, pair) in chain.windows(2).enumerate() {
         let (child, parent) = (parse(&pair[0], path)?, parse(&pair[1], path)?);
         if child.issuer() != parent.subject() {
-            return Err(format!(
-                "{}: certificate #{} ({}) is not issued by the one after it ({}): put the leaf first, then each issuer in turn",
-                path.display(),
-                i + 1,
-                child.subject(),
-                parent.subject()
-            ));
+            return Err(CertError::ChainOrder {
+                path: path.to_path_buf(),
+                index: i + 1,
+                child: child.subject().to_string(),
+                parent: parent.subject().to_string(),
+            });
         }
     }
     Ok(())
@@ -218,7 +266,7 @@ pub struct Leaf {
 }
 
 /// Reads a leaf certificate's names, validity and serial.
-pub fn leaf(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, String> {
+pub fn leaf(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, CertError> {
     let c = parse(der, path)?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = c.subject_alternative_name() {

@@ -129,7 +129,10 @@ impl TlsState {
             };
             let leaf = match key.end_entity_cert() {
                 Ok(der) => certs::leaf(der, &d.cert),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(certs::CertError::Other {
+                    path: d.cert.clone(),
+                    message: e.to_string(),
+                }),
             };
             let leaf = match leaf {
                 Ok(l) => l,
