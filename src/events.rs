@@ -51,6 +51,7 @@ pub mod ids {
     pub const AUTH_FAILED: u64 = 20249; // mongod: "Authentication failed"
     pub const INSPECTION_STOPPED: u64 = 9_800_031;
     pub const METRICS_LISTENING: u64 = 9_800_032;
+    pub const CLIENT_METADATA_TOO_LARGE: u64 = 9_800_040;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -480,6 +481,29 @@ pub fn client_metadata(conn: u64, peer: SocketAddr, text: &str, json: &str) {
         c = "NETWORK", id = ids::CLIENT_METADATA, ctx = %ConnCtx(conn), msg = "client metadata",
         remote = %peer, client = %ConnCtx(conn), doc = json,
         "received client metadata from {peer} {}: {text}", ConnCtx(conn)
+    );
+}
+
+/// Client metadata moat would not render: over mongod's size limit or too deeply nested.
+pub fn client_metadata_too_large(
+    conn: u64,
+    peer: SocketAddr,
+    bytes: usize,
+    max_bytes: usize,
+    too_deep: bool,
+    max_depth: usize,
+) {
+    let why = if too_deep {
+        format!("nested deeper than {max_depth} levels")
+    } else {
+        format!("more than the {max_bytes} bytes mongod accepts")
+    };
+    tracing::warn!(
+        c = "NETWORK", id = ids::CLIENT_METADATA_TOO_LARGE, ctx = %ConnCtx(conn),
+        msg = "client metadata too large", remote = %peer, client = %ConnCtx(conn),
+        bytes = bytes as u64, maxBytes = max_bytes as u64, maxDepth = max_depth as u64, tooDeep = too_deep,
+        "client metadata too large from {peer} {}: {bytes} bytes, {why}; not logged, and the handshake of this connection is no longer inspected",
+        ConnCtx(conn)
     );
 }
 
