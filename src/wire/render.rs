@@ -129,9 +129,26 @@ fn close(frame: &Frame<'_>, style: Style, out: &mut String) {
     }
 }
 
-/// A JSON string literal, escaped as serde_json escapes it.
+/// A JSON string literal, escaped exactly as serde_json escapes it (`"`, `\`, and C0
+/// controls; short forms for five of them), without building a `Value` per key.
 fn json_string(s: &str, out: &mut String) {
-    let _ = write!(out, "{}", serde_json::Value::from(s));
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// A leaf value. Containers are walked by [`render`] and never reach here.
@@ -257,6 +274,21 @@ pub(crate) mod tests {
         assert_same_as_before(every_type());
         assert_same_as_before(doc! {});
         assert_same_as_before(doc! {"driver": {"name": "PyMongo", "version": "4.20.0"}});
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_escapes_them() {
+        let every: String = (0u32..0x800).filter_map(char::from_u32).collect();
+        for s in [
+            every.as_str(),
+            "",
+            "plain",
+            "\u{2028}\u{7f}\u{9f}\u{10FFFF}",
+        ] {
+            let mut out = String::new();
+            json_string(s, &mut out);
+            assert_eq!(out, serde_json::Value::from(s).to_string());
+        }
     }
 
     #[test]
