@@ -11,7 +11,7 @@
 
 use bson::{RawBsonRef, RawDocument};
 
-use super::message::{Body, Message};
+use super::message::{Body, Message, MORE_TO_COME};
 use super::render::{self, RenderError, Style};
 
 /// Messages (both directions) inspected at most on one connection.
@@ -153,6 +153,11 @@ impl Inspector {
         }
         if matches!(msg.body, Body::Compressed { .. }) {
             return Next::Done("compressed message");
+        }
+        if matches!(msg.body, Body::Msg { flags, .. } if flags & MORE_TO_COME != 0) {
+            // No reply will answer it, so replies could no longer be paired with requests.
+            // Drivers never send one during the handshake.
+            return Next::Done("a request that wants no reply");
         }
         let Some(cmd) = msg.command() else {
             return Next::Done("first command after the handshake");
@@ -1074,6 +1079,44 @@ mod tests {
             (false, sasl_reply(101, 2, 2, false)),
             (true, sasl_continue(3, 1)),
             (false, sasl_reply(102, 3, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+    }
+
+    #[test]
+    fn a_request_that_wants_no_reply_ends_inspection() {
+        // Its request id could otherwise be paired with the reply to a later request.
+        let mut quiet = sasl_continue(2, 1);
+        quiet[16] = MORE_TO_COME as u8;
+        let (found, next) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, quiet),
+            (true, sasl_start(2, "root")),
+            (false, sasl_reply(101, 2, 1, true)),
+        ]);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(next, Next::Done("a request that wants no reply"));
+    }
+
+    #[test]
+    fn replies_to_requests_that_share_an_id_are_paired_in_order() {
+        // The server answers in order; the first reply with responseTo 2 is alice's.
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_continue(2, 1)),
+            (true, sasl_start(2, "root")),
+            (false, sasl_reply(101, 2, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_start(2, "root")),
+            (true, sasl_continue(2, 1)),
+            (false, sasl_reply(101, 2, 1, false)),
+            (false, sasl_reply(102, 2, 1, true)),
         ]);
         assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
     }
