@@ -62,6 +62,7 @@ pub mod ids {
     pub const TLS_REQUIRED_CUT: u64 = 9_800_061;
     pub const EGRESS_REFUSED_SOURCE: u64 = 9_800_062;
     pub const EGRESS_REFUSED_LIMIT: u64 = 9_800_063;
+    pub const CLIENT_METADATA_TOO_LARGE: u64 = 9_800_040;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -503,6 +504,29 @@ pub fn client_metadata(conn: u64, peer: SocketAddr, text: &str, json: &str) {
         c = "NETWORK", id = ids::CLIENT_METADATA, ctx = %ConnCtx(conn), msg = "client metadata",
         remote = %peer, client = %ConnCtx(conn), doc = json,
         "received client metadata from {peer} {}: {text}", ConnCtx(conn)
+    );
+}
+
+/// Client metadata moat would not render: over mongod's size limit or too deeply nested.
+pub fn client_metadata_too_large(
+    conn: u64,
+    peer: SocketAddr,
+    bytes: usize,
+    max_bytes: usize,
+    too_deep: bool,
+    max_depth: usize,
+) {
+    let why = if too_deep {
+        format!("nested deeper than {max_depth} levels")
+    } else {
+        format!("more than the {max_bytes} bytes mongod accepts")
+    };
+    tracing::warn!(
+        c = "NETWORK", id = ids::CLIENT_METADATA_TOO_LARGE, ctx = %ConnCtx(conn),
+        msg = "client metadata too large", remote = %peer, client = %ConnCtx(conn),
+        bytes = bytes as u64, maxBytes = max_bytes as u64, maxDepth = max_depth as u64, tooDeep = too_deep,
+        "client metadata too large from {peer} {}: {bytes} bytes, {why}; not logged, and the handshake of this connection is no longer inspected",
+        ConnCtx(conn)
     );
 }
 

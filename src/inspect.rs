@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Direction, Tap};
 use crate::registry::Conn;
 use crate::wire::framer::{Framer, Stop};
-use crate::wire::handshake::{Finding, Inspector, Next};
+use crate::wire::handshake::{Finding, Inspector, Next, MAX_METADATA_BYTES, MAX_METADATA_DEPTH};
 use crate::wire::message;
 
 /// Largest message inspection reads: handshake messages are far smaller.
@@ -54,6 +54,14 @@ impl<'a> InspectTap<'a> {
                         let _ = self.conn.app.set(a);
                     }
                 }
+                Finding::MetadataTooLarge { bytes, too_deep } => events::client_metadata_too_large(
+                    self.conn.id,
+                    self.peer,
+                    bytes,
+                    MAX_METADATA_BYTES,
+                    too_deep,
+                    MAX_METADATA_DEPTH,
+                ),
                 Finding::AuthSucceeded(a) => {
                     self.metrics.auth(a.mechanism_label(), true);
                     events::auth_succeeded(

@@ -11,10 +11,29 @@
 
 use bson::{RawBsonRef, RawDocument};
 
-use super::message::{Body, Message};
+use super::message::{Body, Message, MORE_TO_COME};
+use super::render::{self, RenderError, Style};
 
 /// Messages (both directions) inspected at most on one connection.
 pub const MAX_MESSAGES: u32 = 32;
+
+/// Authentication conversations followed at most on one connection. A driver uses one, or
+/// two when the server does not take its speculative step.
+pub const MAX_CONVERSATIONS: usize = 4;
+
+/// Largest client metadata document logged: mongod refuses larger ones
+/// (`kMaxMongoDMetadataDocumentByteLength`).
+pub const MAX_METADATA_BYTES: usize = 512;
+
+/// Deepest client metadata logged, in levels (the document itself is level 1). Drivers
+/// send 3 or 4.
+pub const MAX_METADATA_DEPTH: usize = 16;
+
+/// Longest user, database, mechanism or error name kept from a message, in bytes.
+pub const MAX_NAME: usize = 256;
+
+/// Longest server error message kept, in bytes.
+pub const MAX_ERRMSG: usize = 1024;
 
 /// Who the client says it is (hello's `client` document).
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +52,13 @@ pub struct ClientMetadata {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
     Metadata(ClientMetadata),
+    /// Client metadata over [`MAX_METADATA_BYTES`] or [`MAX_METADATA_DEPTH`]: not
+    /// rendered, and inspection of the connection ends.
+    MetadataTooLarge {
+        bytes: usize,
+        /// Within the size limit, but nested deeper than the depth limit.
+        too_deep: bool,
+    },
     AuthSucceeded(Auth),
     AuthFailed {
         auth: Auth,
@@ -73,12 +99,23 @@ pub enum Next {
     Done(&'static str),
 }
 
+/// The reply a pending request waits for, and the conversation (an index into
+/// `Inspector::conversations`) that reply speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-/// The reply a pending request waits for.
 enum Expect {
-    Hello,
-    Sasl,
-    Authenticate,
+    Hello(Option<usize>),
+    Sasl(usize),
+    Authenticate(usize),
+}
+
+/// One authentication conversation as the client and server see it.
+#[derive(Debug)]
+struct Conversation {
+    auth: Auth,
+    /// The server's `conversationId`, once a reply has named it.
+    server_id: Option<i64>,
+    /// False once the server declined it (a speculative step it did not take).
+    open: bool,
 }
 
 /// One connection's inspection state.
@@ -86,8 +123,10 @@ enum Expect {
 pub struct Inspector {
     /// The verified TLS client certificate subject: MONGODB-X509's principal.
     tls_subject: Option<String>,
+    /// Requests awaiting a reply, by request id (bounded by [`MAX_MESSAGES`]).
     pending: Vec<(i32, Expect)>,
-    auth: Option<Auth>,
+    /// Every conversation begun, oldest first (bounded by [`MAX_CONVERSATIONS`]).
+    conversations: Vec<Conversation>,
     hellos: u32,
     messages: u32,
     /// `saslSupportedMechs: "db.user"` from hello: names the user if auth fails early.
@@ -115,6 +154,11 @@ impl Inspector {
         if matches!(msg.body, Body::Compressed { .. }) {
             return Next::Done("compressed message");
         }
+        if matches!(msg.body, Body::Msg { flags, .. } if flags & MORE_TO_COME != 0) {
+            // No reply will answer it, so replies could no longer be paired with requests.
+            // Drivers never send one during the handshake.
+            return Next::Done("a request that wants no reply");
+        }
         let Some(cmd) = msg.command() else {
             return Next::Done("first command after the handshake");
         };
@@ -122,17 +166,19 @@ impl Inspector {
             return Next::Done("empty command");
         };
         let id = msg.header.request_id;
-        let db = msg.database().unwrap_or("admin").to_string();
-        match name.as_str().to_ascii_lowercase().as_str() {
+        let db = bounded(msg.database().unwrap_or("admin"), MAX_NAME);
+        let expect = match name.as_str().to_ascii_lowercase().as_str() {
             "hello" | "ismaster" => {
                 self.hellos += 1;
-                if self.hellos > 1 && self.auth.is_none() {
+                if self.hellos > 1 && !self.conversations.iter().any(|c| c.open) {
                     // A monitor's periodic hello: nothing more to learn.
                     return Next::Done("repeated hello");
                 }
-                if let Ok(client) = cmd.get_document("client") {
-                    if let Some(m) = metadata(client) {
-                        out.push(Finding::Metadata(m));
+                if let Some(found) = cmd.get_document("client").ok().and_then(metadata) {
+                    let too_large = matches!(found, Finding::MetadataTooLarge { .. });
+                    out.push(found);
+                    if too_large {
+                        return Next::Done("client metadata too large");
                     }
                 }
                 if let Some((db, user)) = cmd
@@ -140,35 +186,40 @@ impl Inspector {
                     .ok()
                     .and_then(|s| s.split_once('.'))
                 {
-                    self.hinted = Some((db.to_string(), user.to_string()));
+                    self.hinted = Some((bounded(db, MAX_NAME), bounded(user, MAX_NAME)));
                 }
-                if let Ok(spec) = cmd.get_document("speculativeAuthenticate") {
-                    let mut auth = self.start(spec, &db);
-                    auth.speculative = true;
-                    self.auth = Some(auth);
+                match cmd.get_document("speculativeAuthenticate") {
+                    Ok(spec) => {
+                        let mut auth = self.start(spec, &db);
+                        auth.speculative = true;
+                        match self.begin(auth) {
+                            Ok(i) => Expect::Hello(Some(i)),
+                            Err(done) => return done,
+                        }
+                    }
+                    Err(_) => Expect::Hello(None),
                 }
-                self.pending.push((id, Expect::Hello));
             }
-            "saslstart" => {
-                self.auth = Some(self.start(cmd, &db));
-                self.pending.push((id, Expect::Sasl));
-            }
-            "saslcontinue" => {
-                if self.auth.is_none() {
-                    self.auth = Some(self.hinted_auth(&db));
-                }
-                self.pending.push((id, Expect::Sasl));
-            }
-            "authenticate" => {
-                self.auth = Some(self.start(cmd, &db));
-                self.pending.push((id, Expect::Authenticate));
-            }
+            "saslstart" => match self.begin(self.start(cmd, &db)) {
+                Ok(i) => Expect::Sasl(i),
+                Err(done) => return done,
+            },
+            "saslcontinue" => match self.continued(cmd, &db) {
+                Ok(i) => Expect::Sasl(i),
+                Err(done) => return done,
+            },
+            "authenticate" => match self.begin(self.start(cmd, &db)) {
+                Ok(i) => Expect::Authenticate(i),
+                Err(done) => return done,
+            },
             _ => return Next::Done("first command after the handshake"),
-        }
+        };
+        self.pending.push((id, expect));
         Next::Continue
     }
 
-    /// A message from the server.
+    /// A message from the server. Its `responseTo` names the request it answers, and so
+    /// the conversation whose outcome it reports.
     pub fn server(&mut self, msg: &Message<'_>, out: &mut Vec<Finding>) -> Next {
         if let Some(done) = self.count() {
             return done;
@@ -181,62 +232,81 @@ impl Inspector {
         let Some(reply) = msg.reply() else {
             return Next::Done("unexpected reply format");
         };
-        match expect {
-            Expect::Hello => {
-                let Some(auth) = self.auth.take() else {
-                    return Next::Continue;
-                };
-                match reply.get_document("speculativeAuthenticate") {
-                    // The server took the speculative step: finish now (X.509, or a SASL
-                    // reply that says done), or wait for saslContinue.
-                    Ok(spec) if auth.mechanism == "MONGODB-X509" => {
-                        let mut auth = auth;
-                        if let Ok(user) = spec.get_str("user") {
-                            auth.user = user.to_string();
-                        }
-                        out.push(Finding::AuthSucceeded(auth));
-                        return Next::Done("authenticated");
-                    }
-                    Ok(spec) if spec.get_bool("done").unwrap_or(false) => {
-                        out.push(Finding::AuthSucceeded(auth));
-                        return Next::Done("authenticated");
-                    }
-                    Ok(_) => self.auth = Some(auth),
-                    // Not taken: the driver authenticates with explicit commands next.
-                    Err(_) => {}
-                }
-                Next::Continue
+        let i = match expect {
+            Expect::Hello(None) => return Next::Continue,
+            Expect::Hello(Some(i)) | Expect::Sasl(i) | Expect::Authenticate(i) => i,
+        };
+        let Some(conv) = self.conversations.get_mut(i) else {
+            return Next::Done("lost track of a conversation");
+        };
+        if let Expect::Hello(_) = expect {
+            let Ok(spec) = reply.get_document("speculativeAuthenticate") else {
+                // Not taken: the driver authenticates with explicit commands next.
+                conv.open = false;
+                return Next::Continue;
+            };
+            // The server took the speculative step: finish now (X.509, or a SASL reply
+            // that says done), or wait for saslContinue.
+            if conv.auth.mechanism == "MONGODB-X509" || spec.get_bool("done").unwrap_or(false) {
+                return succeeded(conv, spec, out);
             }
-            Expect::Sasl | Expect::Authenticate => {
-                let auth = self.auth.clone().unwrap_or_default();
-                if !is_ok(reply) {
-                    out.push(Finding::AuthFailed {
-                        auth,
-                        code_name: reply.get_str("codeName").unwrap_or("Unknown").to_string(),
-                        errmsg: reply.get_str("errmsg").unwrap_or("").to_string(),
-                    });
-                    return Next::Done("authentication failed");
-                }
-                if expect == Expect::Authenticate || reply.get_bool("done").unwrap_or(false) {
-                    let mut auth = auth;
-                    if let Ok(user) = reply.get_str("user") {
-                        auth.user = user.to_string();
-                    }
-                    out.push(Finding::AuthSucceeded(auth));
-                    return Next::Done("authenticated");
-                }
-                Next::Continue
-            }
+            conv.server_id = conversation_id(spec).or(conv.server_id);
+            return Next::Continue;
+        }
+        if !is_ok(reply) {
+            out.push(Finding::AuthFailed {
+                auth: conv.auth.clone(),
+                code_name: bounded(reply.get_str("codeName").unwrap_or("Unknown"), MAX_NAME),
+                errmsg: bounded(reply.get_str("errmsg").unwrap_or(""), MAX_ERRMSG),
+            });
+            return Next::Done("authentication failed");
+        }
+        if matches!(expect, Expect::Authenticate(_)) || reply.get_bool("done").unwrap_or(false) {
+            return succeeded(conv, reply, out);
+        }
+        conv.server_id = conversation_id(reply).or(conv.server_id);
+        Next::Continue
+    }
+
+    /// Records a new conversation; its index, or `Done` past [`MAX_CONVERSATIONS`].
+    fn begin(&mut self, auth: Auth) -> Result<usize, Next> {
+        if self.conversations.len() >= MAX_CONVERSATIONS {
+            return Err(Next::Done("too many authentication conversations"));
+        }
+        self.conversations.push(Conversation {
+            auth,
+            server_id: None,
+            open: true,
+        });
+        Ok(self.conversations.len() - 1)
+    }
+
+    /// The conversation a saslContinue goes on: the newest open one whose server
+    /// `conversationId` it names, else the newest open one, else one made from hello's
+    /// `saslSupportedMechs` hint.
+    fn continued(&mut self, cmd: &RawDocument, db: &str) -> Result<usize, Next> {
+        let id = conversation_id(cmd);
+        let open = |c: &Conversation| c.open;
+        let named = self
+            .conversations
+            .iter()
+            .rposition(|c| open(c) && id.is_some() && c.server_id == id);
+        match named.or_else(|| self.conversations.iter().rposition(open)) {
+            Some(i) => Ok(i),
+            None => self.begin(self.hinted_auth(db)),
         }
     }
 
     /// An auth conversation from a saslStart / authenticate (or speculative) document.
     fn start(&self, cmd: &RawDocument, db: &str) -> Auth {
-        let mechanism = cmd.get_str("mechanism").unwrap_or("unknown").to_string();
-        let db = cmd.get_str("db").unwrap_or(db).to_string();
+        let mechanism = bounded(cmd.get_str("mechanism").unwrap_or("unknown"), MAX_NAME);
+        let db = cmd
+            .get_str("db")
+            .map(|d| bounded(d, MAX_NAME))
+            .unwrap_or_else(|_| db.to_string());
         let user = if mechanism == "MONGODB-X509" {
             cmd.get_str("user")
-                .map(str::to_string)
+                .map(|u| bounded(u, MAX_NAME))
                 .ok()
                 .or_else(|| self.tls_subject.clone())
                 .unwrap_or_default()
@@ -269,6 +339,26 @@ impl Inspector {
     }
 }
 
+/// Reports `conv` as authenticated; an X.509 reply names its principal in `user`.
+fn succeeded(conv: &Conversation, reply: &RawDocument, out: &mut Vec<Finding>) -> Next {
+    let mut auth = conv.auth.clone();
+    if let Ok(user) = reply.get_str("user") {
+        auth.user = bounded(user, MAX_NAME);
+    }
+    out.push(Finding::AuthSucceeded(auth));
+    Next::Done("authenticated")
+}
+
+/// `conversationId` as the server numbers it (an int32; other numeric types tolerated).
+fn conversation_id(doc: &RawDocument) -> Option<i64> {
+    match doc.get("conversationId") {
+        Ok(Some(RawBsonRef::Int32(i))) => Some(i.into()),
+        Ok(Some(RawBsonRef::Int64(i))) => Some(i),
+        Ok(Some(RawBsonRef::Double(f))) if f.fract() == 0.0 && f.abs() < 1e15 => Some(f as i64),
+        _ => None,
+    }
+}
+
 /// `ok: 1` in whatever numeric (or boolean) type the server used.
 fn is_ok(doc: &RawDocument) -> bool {
     match doc.get("ok") {
@@ -280,14 +370,27 @@ fn is_ok(doc: &RawDocument) -> bool {
     }
 }
 
-/// The user name in a SASL client-first payload. SCRAM: `n,,n=user,r=nonce` (with `=2C`
-/// and `=3D` escapes); PLAIN: `authzid\0user\0password` (only the user is taken).
+/// `s` cut to at most `max` bytes on a character boundary; a cut is marked with `…`.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The user name in a SASL client-first payload, at most [`MAX_NAME`] bytes. SCRAM:
+/// `n,,n=user,r=nonce` (with `=2C` and `=3D` escapes); PLAIN: `authzid\0user\0password`
+/// (only the user is taken).
 pub fn sasl_user(mechanism: &str, payload: &[u8]) -> Option<String> {
     if mechanism == "PLAIN" {
         let mut parts = payload.split(|b| *b == 0);
         let _authzid = parts.next()?;
-        let user = parts.next()?;
-        return String::from_utf8(user.to_vec()).ok();
+        let user = std::str::from_utf8(parts.next()?).ok()?;
+        return Some(bounded(user, MAX_NAME));
     }
     if !mechanism.starts_with("SCRAM-") {
         return None;
@@ -297,75 +400,54 @@ pub fn sasl_user(mechanism: &str, payload: &[u8]) -> Option<String> {
     let mut fields = text.splitn(3, ',');
     let (_, _, bare) = (fields.next()?, fields.next()?, fields.next()?);
     let user = bare.split(',').find_map(|f| f.strip_prefix("n="))?;
-    Some(user.replace("=2C", ",").replace("=3D", "="))
+    // Unescaping shortens; a name cut here is over MAX_NAME anyway and gets marked below.
+    let user = bounded(user, 3 * MAX_NAME);
+    Some(bounded(
+        &user.replace("=2C", ",").replace("=3D", "="),
+        MAX_NAME,
+    ))
 }
 
-fn metadata(client: &RawDocument) -> Option<ClientMetadata> {
-    let doc = bson::Document::try_from(client).ok()?;
-    let driver = doc.get_document("driver").ok().map(|d| {
+/// Reads hello's `client` document: [`Finding::Metadata`], or [`Finding::MetadataTooLarge`]
+/// past [`MAX_METADATA_BYTES`] or [`MAX_METADATA_DEPTH`]; `None` if its bytes are malformed.
+fn metadata(client: &RawDocument) -> Option<Finding> {
+    let bytes = client.as_bytes().len();
+    if bytes > MAX_METADATA_BYTES {
+        return Some(Finding::MetadataTooLarge {
+            bytes,
+            too_deep: false,
+        });
+    }
+    let mut text = String::new();
+    let mut json = String::new();
+    let rendered = render::render(client, Style::Shell, MAX_METADATA_DEPTH, &mut text)
+        .and_then(|()| render::render(client, Style::Json, MAX_METADATA_DEPTH, &mut json));
+    match rendered {
+        Ok(()) => {}
+        Err(RenderError::TooDeep(_)) => {
+            return Some(Finding::MetadataTooLarge {
+                bytes,
+                too_deep: true,
+            })
+        }
+        Err(RenderError::Malformed) => return None,
+    }
+    let driver = client.get_document("driver").ok().map(|d| {
         let name = d.get_str("name").unwrap_or("?");
         let version = d.get_str("version").unwrap_or("?");
         format!("{name} {version}")
     });
-    let app = doc
+    let app = client
         .get_document("application")
         .ok()
         .and_then(|a| a.get_str("name").ok())
         .map(str::to_string);
-    let json = bson::Bson::Document(doc.clone())
-        .into_relaxed_extjson()
-        .to_string();
-    let mut text = String::new();
-    shell(&bson::Bson::Document(doc), &mut text);
-    Some(ClientMetadata {
+    Some(Finding::Metadata(ClientMetadata {
         driver,
         app,
         text,
         json,
-    })
-}
-
-/// Writes a value the way mongod 3.x prints documents in its log.
-fn shell(v: &bson::Bson, out: &mut String) {
-    use std::fmt::Write;
-    match v {
-        bson::Bson::Document(d) => {
-            if d.is_empty() {
-                out.push_str("{}");
-                return;
-            }
-            out.push_str("{ ");
-            for (i, (k, v)) in d.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(k);
-                out.push_str(": ");
-                shell(v, out);
-            }
-            out.push_str(" }");
-        }
-        bson::Bson::Array(a) => {
-            if a.is_empty() {
-                out.push_str("[]");
-                return;
-            }
-            out.push_str("[ ");
-            for (i, v) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                shell(v, out);
-            }
-            out.push_str(" ]");
-        }
-        bson::Bson::String(s) => {
-            let _ = write!(out, "{s:?}");
-        }
-        other => {
-            let _ = write!(out, "{other}");
-        }
-    }
+    }))
 }
 
 #[cfg(test)]
@@ -521,13 +603,19 @@ mod tests {
     fn op_msg(id: i32, response_to: i32, doc: bson::Document) -> Vec<u8> {
         let mut body = Vec::new();
         doc.to_writer(&mut body).unwrap();
+        op_msg_raw(id, response_to, &body)
+    }
+
+    /// An OP_MSG whose body is the document `body` (raw bytes: it may nest past what
+    /// `bson::Document` can hold on a stack).
+    fn op_msg_raw(id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
         let len = 16 + 5 + body.len();
         let mut m = Vec::new();
         for v in [len as i32, id, response_to, 2013] {
             m.extend_from_slice(&v.to_le_bytes());
         }
         m.extend_from_slice(&[0, 0, 0, 0, 0]);
-        m.extend(body);
+        m.extend_from_slice(body);
         m
     }
 
@@ -621,5 +709,452 @@ mod tests {
         let next = Inspector::new(None).client(&parse(&m).unwrap(), &mut out);
         assert_eq!(next, Next::Done("first command after the handshake"));
         assert!(out.is_empty());
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: a renderer that recursed on a document's
+    /// depth would overflow it and abort the test binary.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    use super::super::render::tests::{nested, old_shell};
+    use bson::raw::{cstr, CStr};
+    use bson::{Bson, RawDocumentBuf};
+
+    /// `{hello: 1, <field>: value, $db: "admin"}` as OP_MSG request 1.
+    fn hello_with(field: &CStr, value: &RawDocument) -> Vec<u8> {
+        let mut d = RawDocumentBuf::new();
+        d.append(cstr!("hello"), 1);
+        d.append(field, value);
+        d.append(cstr!("$db"), "admin");
+        op_msg_raw(1, 0, d.as_bytes())
+    }
+
+    fn client_says(msg: &[u8]) -> (Next, Vec<Finding>) {
+        let mut out = Vec::new();
+        let next = Inspector::new(None).client(&parse(msg).unwrap(), &mut out);
+        (next, out)
+    }
+
+    #[test]
+    fn fixture_metadata_renders_exactly_as_before() {
+        for name in [
+            "pymongo-4.20-scram-sha-256",
+            "pymongo-4.20-monitor",
+            "pymongo-4.20-wrong-password",
+            "pymongo-3.11-op-query",
+            "mongosh-2.12-op-query",
+        ] {
+            let (_, hello) = &conversation(name)[0];
+            let msg = parse(hello).unwrap();
+            let client = msg.command().unwrap().get_document("client").unwrap();
+            let owned = bson::Document::try_from(client).unwrap();
+            let mut text = String::new();
+            old_shell(&Bson::Document(owned.clone()), &mut text);
+            let json = Bson::Document(owned).into_relaxed_extjson().to_string();
+            let (found, _) = run(name);
+            let Finding::Metadata(m) = &found[0] else {
+                panic!("{name}: {found:?}")
+            };
+            assert_eq!(m.text, text, "{name}");
+            assert_eq!(m.json, json, "{name}");
+        }
+        let (found, _) = run("pymongo-3.11-op-query");
+        let Finding::Metadata(m) = &found[0] else {
+            panic!("{found:?}")
+        };
+        assert_eq!(
+            m.text,
+            "{ driver: { name: \"PyMongo\", version: \"3.11.0\" }, os: { type: \"Linux\", \
+             name: \"Linux\", architecture: \"x86_64\", version: \"6.18.44-fc-v669\" }, \
+             platform: \"CPython 3.11.2.final.0\", application: { name: \"oldapp\" } }"
+        );
+    }
+
+    #[test]
+    fn seven_thousand_nested_client_documents_are_too_large_and_end_inspection() {
+        on_small_stack(|| {
+            let deep = nested(7000);
+            assert_eq!(deep.len(), 55_997); // 8 bytes a level, as in the report
+            let hello = hello_with(cstr!("client"), RawDocument::from_bytes(&deep).unwrap());
+            let (next, found) = client_says(&hello);
+            assert_eq!(next, Next::Done("client metadata too large"));
+            assert_eq!(
+                found,
+                vec![Finding::MetadataTooLarge {
+                    bytes: 55_997,
+                    too_deep: false
+                }]
+            );
+        });
+    }
+
+    #[test]
+    fn metadata_under_512_bytes_but_deeper_than_the_limit_is_too_large() {
+        on_small_stack(|| {
+            let deep = nested(MAX_METADATA_DEPTH + 1);
+            let hello = hello_with(cstr!("client"), RawDocument::from_bytes(&deep).unwrap());
+            let (next, found) = client_says(&hello);
+            assert_eq!(next, Next::Done("client metadata too large"));
+            assert_eq!(
+                found,
+                vec![Finding::MetadataTooLarge {
+                    bytes: deep.len(),
+                    too_deep: true
+                }]
+            );
+            // 60 levels in 477 bytes.
+            let deep = nested(60);
+            assert!(deep.len() < MAX_METADATA_BYTES);
+            let hello = hello_with(cstr!("client"), RawDocument::from_bytes(&deep).unwrap());
+            assert!(matches!(
+                client_says(&hello).1[..],
+                [Finding::MetadataTooLarge { too_deep: true, .. }]
+            ));
+        });
+    }
+
+    #[test]
+    fn metadata_at_the_limits_is_logged_and_one_past_them_is_not() {
+        let at_depth = nested(MAX_METADATA_DEPTH);
+        let hello = hello_with(cstr!("client"), RawDocument::from_bytes(&at_depth).unwrap());
+        let (next, found) = client_says(&hello);
+        assert_eq!(next, Next::Continue);
+        assert!(matches!(&found[..], [Finding::Metadata(_)]), "{found:?}");
+
+        // {s: "xxx..."}: 13 bytes of framing around the string's characters.
+        let sized = |bytes: usize| {
+            let mut d = RawDocumentBuf::new();
+            d.append(cstr!("s"), "x".repeat(bytes - 13).as_str());
+            assert_eq!(d.as_bytes().len(), bytes);
+            hello_with(cstr!("client"), &d)
+        };
+        let (next, found) = client_says(&sized(MAX_METADATA_BYTES));
+        assert_eq!(next, Next::Continue);
+        assert!(matches!(&found[..], [Finding::Metadata(_)]), "{found:?}");
+        let (next, found) = client_says(&sized(MAX_METADATA_BYTES + 1));
+        assert_eq!(next, Next::Done("client metadata too large"));
+        assert_eq!(
+            found,
+            vec![Finding::MetadataTooLarge {
+                bytes: 513,
+                too_deep: false
+            }]
+        );
+    }
+
+    #[test]
+    fn deep_documents_in_every_field_the_inspector_reads_are_harmless() {
+        on_small_stack(|| {
+            let deep_bytes = nested(7000);
+            let deep = RawDocument::from_bytes(&deep_bytes).unwrap();
+            let cmd = |first: (&CStr, Bson), rest: &[&CStr]| {
+                let mut d = RawDocumentBuf::new();
+                d.append(
+                    first.0,
+                    RawDocumentBuf::try_from(&bson::doc! {"v": first.1})
+                        .unwrap()
+                        .get("v")
+                        .unwrap()
+                        .unwrap(),
+                );
+                for k in rest {
+                    d.append(*k, deep);
+                }
+                d
+            };
+            let one = || Bson::Int32(1);
+            let requests = [
+                hello_with(cstr!("speculativeAuthenticate"), deep),
+                hello_with(cstr!("saslSupportedMechs"), deep),
+                op_msg_raw(
+                    1,
+                    0,
+                    cmd(
+                        (cstr!("saslStart"), one()),
+                        &[cstr!("payload"), cstr!("mechanism"), cstr!("db")],
+                    )
+                    .as_bytes(),
+                ),
+                op_msg_raw(
+                    1,
+                    0,
+                    cmd(
+                        (cstr!("saslContinue"), one()),
+                        &[cstr!("conversationId"), cstr!("payload")],
+                    )
+                    .as_bytes(),
+                ),
+                op_msg_raw(
+                    1,
+                    0,
+                    cmd(
+                        (cstr!("authenticate"), one()),
+                        &[cstr!("user"), cstr!("mechanism")],
+                    )
+                    .as_bytes(),
+                ),
+                op_msg_raw(
+                    1,
+                    0,
+                    cmd((cstr!("hello"), one()), &[cstr!("$db")]).as_bytes(),
+                ),
+                op_msg_raw(1, 0, deep.as_bytes()),
+                op_msg_raw(
+                    1,
+                    0,
+                    cmd(
+                        (cstr!("saslStart"), Bson::Document(bson::doc! {})),
+                        &[cstr!("a")],
+                    )
+                    .as_bytes(),
+                ),
+            ];
+            for req in &requests {
+                let mut ins = Inspector::new(None);
+                let mut out = Vec::new();
+                ins.client(&parse(req).unwrap(), &mut out);
+                // And a deep reply to it, in every field replies are read for.
+                let reply = cmd(
+                    (cstr!("ok"), Bson::Double(1.0)),
+                    &[
+                        cstr!("speculativeAuthenticate"),
+                        cstr!("conversationId"),
+                        cstr!("done"),
+                        cstr!("user"),
+                        cstr!("codeName"),
+                        cstr!("errmsg"),
+                    ],
+                );
+                ins.server(
+                    &parse(&op_msg_raw(2, 1, reply.as_bytes())).unwrap(),
+                    &mut out,
+                );
+                let mut ins = Inspector::new(None);
+                ins.client(&parse(req).unwrap(), &mut out);
+                ins.server(
+                    &parse(&op_msg_raw(2, 1, deep.as_bytes())).unwrap(),
+                    &mut out,
+                );
+            }
+        });
+    }
+
+    /// A SCRAM client-first payload for `user`.
+    fn scram_first(user: &str) -> bson::Binary {
+        bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: format!("n,,n={user},r=nonce").into_bytes(),
+        }
+    }
+
+    fn sasl_start(id: i32, user: &str) -> Vec<u8> {
+        op_msg(
+            id,
+            0,
+            bson::doc! {"saslStart": 1, "mechanism": "SCRAM-SHA-256",
+            "payload": scram_first(user), "$db": "admin"},
+        )
+    }
+
+    fn sasl_continue(id: i32, conversation: i32) -> Vec<u8> {
+        op_msg(
+            id,
+            0,
+            bson::doc! {"saslContinue": 1, "conversationId": conversation,
+            "payload": scram_first("ignored"), "$db": "admin"},
+        )
+    }
+
+    fn sasl_reply(id: i32, to: i32, conversation: i32, done: bool) -> Vec<u8> {
+        op_msg(
+            id,
+            to,
+            bson::doc! {"conversationId": conversation, "done": done, "ok": 1.0},
+        )
+    }
+
+    /// Feeds `(is client, message)` in order; returns the findings and the last `Next`.
+    fn feed(messages: &[(bool, Vec<u8>)]) -> (Vec<Finding>, Next) {
+        let mut ins = Inspector::new(None);
+        let mut out = Vec::new();
+        let mut next = Next::Continue;
+        for (client, m) in messages {
+            let msg = parse(m).unwrap();
+            next = if *client {
+                ins.client(&msg, &mut out)
+            } else {
+                ins.server(&msg, &mut out)
+            };
+            if next != Next::Continue {
+                break;
+            }
+        }
+        (out, next)
+    }
+
+    fn scram(user: &str) -> Auth {
+        auth("SCRAM-SHA-256", user, false)
+    }
+
+    #[test]
+    fn a_saslstart_pipelined_behind_a_saslcontinue_does_not_take_its_success() {
+        // alice's conversation is 1 at the server; her client-final message goes out, and
+        // a saslStart for root right behind it. The reply to alice's saslContinue says done.
+        let (found, next) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_continue(2, 1)),
+            (true, sasl_start(3, "root")),
+            (false, sasl_reply(101, 2, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+        assert_eq!(next, Next::Done("authenticated"));
+    }
+
+    #[test]
+    fn a_saslstart_pipelined_ahead_of_a_saslcontinue_does_not_take_its_success() {
+        let (found, next) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_start(2, "root")),
+            (true, sasl_continue(3, 1)),
+            (false, sasl_reply(101, 2, 1, false)),
+            (false, sasl_reply(102, 3, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+        assert_eq!(next, Next::Done("authenticated"));
+    }
+
+    #[test]
+    fn the_principal_is_the_one_whose_conversation_the_reply_answers() {
+        // The twin of the two above: when the reply that says done answers root's request,
+        // root is the principal; a failure is charged to the conversation it answers.
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_continue(2, 1)),
+            (true, sasl_start(3, "root")),
+            (false, sasl_reply(101, 3, 2, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("root"))]);
+
+        let refused = op_msg(
+            101,
+            2,
+            bson::doc! {"ok": 0.0, "code": 18, "codeName": "AuthenticationFailed",
+            "errmsg": "authentication failed"},
+        );
+        let (found, next) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_continue(2, 1)),
+            (true, sasl_start(3, "root")),
+            (false, refused),
+        ]);
+        assert_eq!(
+            found,
+            vec![Finding::AuthFailed {
+                auth: scram("alice"),
+                code_name: "AuthenticationFailed".into(),
+                errmsg: "authentication failed".into()
+            }]
+        );
+        assert_eq!(next, Next::Done("authentication failed"));
+    }
+
+    #[test]
+    fn a_saslcontinue_goes_on_the_conversation_it_names() {
+        // Two conversations known to the server (1: alice, 2: root); a continue naming 1
+        // that succeeds is alice's even though root's started last.
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_start(2, "root")),
+            (false, sasl_reply(101, 2, 2, false)),
+            (true, sasl_continue(3, 1)),
+            (false, sasl_reply(102, 3, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+    }
+
+    #[test]
+    fn a_request_that_wants_no_reply_ends_inspection() {
+        // Its request id could otherwise be paired with the reply to a later request.
+        let mut quiet = sasl_continue(2, 1);
+        quiet[16] = MORE_TO_COME as u8;
+        let (found, next) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, quiet),
+            (true, sasl_start(2, "root")),
+            (false, sasl_reply(101, 2, 1, true)),
+        ]);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(next, Next::Done("a request that wants no reply"));
+    }
+
+    #[test]
+    fn replies_to_requests_that_share_an_id_are_paired_in_order() {
+        // The server answers in order; the first reply with responseTo 2 is alice's.
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_continue(2, 1)),
+            (true, sasl_start(2, "root")),
+            (false, sasl_reply(101, 2, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+        let (found, _) = feed(&[
+            (true, sasl_start(1, "alice")),
+            (false, sasl_reply(100, 1, 1, false)),
+            (true, sasl_start(2, "root")),
+            (true, sasl_continue(2, 1)),
+            (false, sasl_reply(101, 2, 1, false)),
+            (false, sasl_reply(102, 2, 1, true)),
+        ]);
+        assert_eq!(found, vec![Finding::AuthSucceeded(scram("alice"))]);
+    }
+
+    #[test]
+    fn conversations_per_connection_are_capped() {
+        let mut messages: Vec<_> = (1..=MAX_CONVERSATIONS as i32)
+            .map(|id| (true, sasl_start(id, "alice")))
+            .collect();
+        let (found, next) = feed(&messages);
+        assert!(found.is_empty());
+        assert_eq!(next, Next::Continue);
+        messages.push((true, sasl_start(99, "alice")));
+        let (_, next) = feed(&messages);
+        assert_eq!(next, Next::Done("too many authentication conversations"));
+    }
+
+    #[test]
+    fn user_and_database_names_are_capped_on_a_character_boundary() {
+        let long = "€".repeat(1000); // 3 bytes each
+        let user = sasl_user("SCRAM-SHA-256", format!("n,,n={long},r=x").as_bytes()).unwrap();
+        assert_eq!(user, format!("{}…", "€".repeat(MAX_NAME / 3)));
+        let user = sasl_user("PLAIN", format!("\0{long}\0pw").as_bytes()).unwrap();
+        assert_eq!(user, format!("{}…", "€".repeat(MAX_NAME / 3)));
+        assert_eq!(bounded("short", MAX_NAME), "short");
+
+        let x509 = op_msg(
+            1,
+            0,
+            bson::doc! {"authenticate": 1, "mechanism": "MONGODB-X509",
+            "user": "u".repeat(10_000), "db": "d".repeat(10_000)},
+        );
+        let ok = op_msg(2, 1, bson::doc! {"ok": 1, "user": "v".repeat(10_000)});
+        let (found, _) = feed(&[(true, x509), (false, ok)]);
+        let [Finding::AuthSucceeded(a)] = &found[..] else {
+            panic!("{found:?}")
+        };
+        assert_eq!(a.user.len(), MAX_NAME + "…".len());
+        assert_eq!(a.db.len(), MAX_NAME + "…".len());
     }
 }

@@ -2,6 +2,8 @@
 //! not decompressed). Zero-copy: documents are `bson::RawDocument`s borrowed from the
 //! input, and every length field is checked against the bytes actually there.
 
+use std::fmt;
+
 use bson::RawDocument;
 
 use super::header::{Header, OpCode, WireError, HEADER_LEN};
@@ -16,14 +18,13 @@ pub const EXHAUST_ALLOWED: u32 = 1 << 16;
 const KNOWN_REQUIRED: u32 = CHECKSUM_PRESENT | MORE_TO_COME;
 
 /// A kind-1 section: a named sequence of documents (e.g. `documents` of an insert).
-#[derive(Debug)]
 pub struct Sequence<'a> {
     pub identifier: &'a str,
     pub documents: Vec<&'a RawDocument>,
 }
 
-/// A message's body by opcode.
-#[derive(Debug)]
+/// A message's body by opcode. Its `Debug` shows document sizes, never their bytes: they
+/// are the client's, up to a message long.
 pub enum Body<'a> {
     Msg {
         flags: u32,
@@ -60,6 +61,80 @@ pub enum Body<'a> {
 pub struct Message<'a> {
     pub header: Header,
     pub body: Body<'a>,
+}
+
+/// A document as `Debug` shows it: its size only.
+struct Size<'a>(&'a RawDocument);
+
+impl fmt::Debug for Size<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawDocument({} bytes)", self.0.as_bytes().len())
+    }
+}
+
+impl fmt::Debug for Sequence<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sequence")
+            .field("identifier_bytes", &self.identifier.len())
+            .field("documents", &self.documents.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Body<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Msg {
+                flags,
+                body,
+                sequences,
+            } => f
+                .debug_struct("Msg")
+                .field("flags", flags)
+                .field("body", &Size(body))
+                .field("sequences", sequences)
+                .finish(),
+            Body::Query {
+                flags,
+                collection,
+                skip,
+                limit,
+                query,
+            } => f
+                .debug_struct("Query")
+                .field("flags", flags)
+                .field("collection_bytes", &collection.len())
+                .field("skip", skip)
+                .field("limit", limit)
+                .field("query", &Size(query))
+                .finish(),
+            Body::Reply {
+                flags,
+                cursor_id,
+                starting_from,
+                returned,
+                first,
+            } => f
+                .debug_struct("Reply")
+                .field("flags", flags)
+                .field("cursor_id", cursor_id)
+                .field("starting_from", starting_from)
+                .field("returned", returned)
+                .field("first", &first.map(Size))
+                .finish(),
+            Body::Compressed {
+                original_opcode,
+                uncompressed_size,
+                compressor,
+            } => f
+                .debug_struct("Compressed")
+                .field("original_opcode", original_opcode)
+                .field("uncompressed_size", uncompressed_size)
+                .field("compressor", compressor)
+                .finish(),
+            Body::Other => f.write_str("Other"),
+        }
+    }
 }
 
 fn invalid(what: impl Into<String>) -> WireError {
@@ -390,5 +465,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn debug_shows_sizes_never_the_clients_bytes() {
+        let s = [
+            vec![0u8],
+            doc(bson::doc! {"hello": 1, "client": {"secret": "x"}}),
+        ]
+        .concat();
+        let m = op_msg(0, &s, false);
+        let shown = format!("{:?}", parse(&m).unwrap());
+        assert!(
+            shown.contains("RawDocument(") && shown.contains(" bytes)"),
+            "{shown}"
+        );
+        assert!(!shown.contains("736563726574"), "{shown}"); // hex of "secret"
     }
 }

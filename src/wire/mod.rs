@@ -5,6 +5,7 @@ pub mod framer;
 pub mod handshake;
 pub mod header;
 pub mod message;
+pub mod render;
 pub mod reply;
 
 pub use header::{Header, OpCode, WireError};
