@@ -65,6 +65,22 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Sources refused for failing authentication too often (`[auth_throttle]`).
+    Bans {
+        #[command(subcommand)]
+        action: Option<BansAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BansAction {
+    /// Every ban in force: source, time left, failures.
+    List,
+    /// Lift the ban of one source, or every ban.
+    Clear {
+        /// The source address (IPv4 or IPv6); without it, every ban is lifted.
+        ip: Option<std::net::IpAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
 use crate::firewall::normalize_addr;
-use crate::inspect::InspectTap;
+use crate::inspect::{AuthWatch, InspectTap};
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::prefixed::Prefixed;
 use crate::proxy::{self, CopyError};
@@ -109,7 +109,8 @@ impl ConnError {
                 | RejectReason::HandshakeTimeout
                 | RejectReason::TlsError
                 | RejectReason::ProxyHeader
-                | RejectReason::UpstreamUnavailable => events::refused(id, peer, reason.as_str()),
+                | RejectReason::UpstreamUnavailable
+                | RejectReason::AuthThrottled => events::refused(id, peer, reason.as_str()),
             },
             ConnError::NotMongoDb(why) => events::not_mongodb(id, peer, &why),
             ConnError::NoCertificates => events::tls_failed(
@@ -409,10 +410,15 @@ where
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
     let tap: proxy::TapSlot<'_> = if settings.inspect {
+        let watch = AuthWatch {
+            throttle: &shared.throttle,
+            policy: &settings.throttle,
+        };
         Some(Box::new(InspectTap::new(
             conn.clone(),
             conn.remote,
             &shared.metrics,
+            Some(watch),
         )))
     } else {
         None
@@ -519,6 +525,7 @@ mod tests {
             inspect: false,
             tcp_keepalive: Duration::from_secs(120),
             idle_timeout: None,
+            throttle: crate::config::AuthThrottleConfig::default().policy(),
         };
         let firewall = Firewall::build(DefaultPolicy::Allow, Vec::new(), &Inventory::default());
         Shared::new(settings, mode, None, firewall)

@@ -54,6 +54,8 @@ pub mod ids {
     pub const METRICS_LISTENING: u64 = 9_800_032;
     pub const CONFIG_WARNING: u64 = 9_800_033;
     pub const REFUSED: u64 = 9_800_034;
+    pub const AUTH_BAN: u64 = 9_800_035;
+    pub const BANS_CLEARED: u64 = 9_800_036;
     pub const LOG_LINES_DROPPED: u64 = 9_800_050;
     pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
     pub const METRICS_LIMIT: u64 = 9_800_071;
@@ -668,5 +670,31 @@ pub fn egress_refused_limit(listen: SocketAddr, from: SocketAddr, max: usize) {
         msg = "Egress connection refused: limit reached",
         address = %listen, remote = %from, reason = "limit", maxConnections = max as u64,
         "egress connection refused from {from} on {listen}: max_connections ({max}) reached"
+    );
+}
+
+/// A source starts a ban for failed authentications; its refusals from now on are only
+/// counted (`moat_connections_rejected_total{reason="auth_throttled"}`).
+pub fn auth_throttle_ban(source: std::net::IpAddr, failures: u32, window: Duration, ban: Duration) {
+    tracing::warn!(
+        c = "ACCESS", id = ids::AUTH_BAN, ctx = "throttle", msg = "Source banned: failed authentications",
+        remote = %source, failures, windowMillis = window.as_millis() as u64,
+        banMillis = ban.as_millis() as u64,
+        "refusing new connections from {source} for {}: {failures} failed authentications within {} (auth_throttle; moat ctl bans clear {source} lifts it)",
+        humantime::format_duration(ban),
+        humantime::format_duration(window)
+    );
+}
+
+/// An operator lifted bans.
+pub fn bans_cleared(which: &str, lifted: usize) {
+    tracing::info!(
+        c = "ACCESS",
+        id = ids::BANS_CLEARED,
+        ctx = "admin",
+        msg = "Bans lifted",
+        which,
+        lifted = lifted as u64,
+        "auth_throttle bans lifted ({which}): {lifted}"
     );
 }

@@ -10,6 +10,7 @@ use crate::events;
 use crate::metrics::Metrics;
 use crate::proxy::{Direction, Tap};
 use crate::registry::Conn;
+use crate::throttle::{Policy, Throttle, Verdict};
 use crate::wire::framer::{Framer, Stop};
 use crate::wire::handshake::{Finding, Inspector, Next, MAX_METADATA_BYTES, MAX_METADATA_DEPTH};
 use crate::wire::message;
@@ -17,10 +18,18 @@ use crate::wire::message;
 /// Largest message inspection reads: handshake messages are far smaller.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Where failed authentications are counted against their source.
+#[derive(Clone, Copy)]
+pub struct AuthWatch<'a> {
+    pub throttle: &'a Throttle,
+    pub policy: &'a Policy,
+}
+
 /// The inspection of one connection.
 pub struct InspectTap<'a> {
     conn: Arc<Conn>,
     metrics: &'a Metrics,
+    watch: Option<AuthWatch<'a>>,
     peer: SocketAddr,
     inspector: Inspector,
     from_client: Framer,
@@ -29,11 +38,17 @@ pub struct InspectTap<'a> {
 }
 
 impl<'a> InspectTap<'a> {
-    pub fn new(conn: Arc<Conn>, peer: SocketAddr, metrics: &'a Metrics) -> InspectTap<'a> {
+    pub fn new(
+        conn: Arc<Conn>,
+        peer: SocketAddr,
+        metrics: &'a Metrics,
+        watch: Option<AuthWatch<'a>>,
+    ) -> InspectTap<'a> {
         let subject = conn.tls.get().and_then(|t| t.client_subject.clone());
         InspectTap {
             conn,
             metrics,
+            watch,
             peer,
             inspector: Inspector::new(subject),
             from_client: Framer::default(),
@@ -43,7 +58,8 @@ impl<'a> InspectTap<'a> {
     }
 
     fn report(&mut self) {
-        for f in self.findings.drain(..) {
+        let findings = std::mem::take(&mut self.findings);
+        for f in findings {
             match f {
                 Finding::Metadata(m) => {
                     events::client_metadata(self.conn.id, self.peer, &m.text, &m.json);
@@ -89,9 +105,24 @@ impl<'a> InspectTap<'a> {
                         a.speculative,
                         &code_name,
                         &errmsg,
-                    )
+                    );
+                    self.count_failure();
                 }
             }
+        }
+    }
+}
+
+impl InspectTap<'_> {
+    /// A failed authentication counts against the source; the one that starts a ban says so.
+    fn count_failure(&self) {
+        let Some(w) = self.watch else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if let Verdict::Banned { failures } = w.throttle.failure(w.policy, self.peer.ip(), now) {
+            self.metrics.auth_ban();
+            events::auth_throttle_ban(self.peer.ip(), failures, w.policy.window, w.policy.ban);
         }
     }
 }

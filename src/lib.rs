@@ -29,6 +29,7 @@ pub mod server;
 pub mod shared;
 pub mod shutdown;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

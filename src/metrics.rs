@@ -72,6 +72,7 @@ pub struct Metrics {
     auth: [[IntCounter; 2]; 5],
     reloads: [IntCounter; 2],
     inspections_stopped: IntCounter,
+    auth_bans: IntCounter,
     http_dropped: [IntCounter; 3],
     closed_before_speaking: IntCounter,
     idle_closed: IntCounter,
@@ -194,6 +195,10 @@ impl Metrics {
                 reloads.with_label_values(&["error"]),
             ],
             inspections_stopped,
+            auth_bans: counter(
+                "moat_auth_throttle_bans_total",
+                "Sources banned by auth_throttle for failing authentication too often.",
+            ),
             closed_before_speaking: counter(
                 "moat_connections_closed_before_speaking_total",
                 "Connections that closed without sending a byte (port checks, load balancer health checks).",
@@ -233,6 +238,11 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].inc();
+    }
+
+    /// A source was banned for failed authentications.
+    pub fn auth_ban(&self) {
+        self.auth_bans.inc();
     }
 
     pub fn inspection_stopped(&self) {

@@ -131,11 +131,13 @@ pub enum RejectReason {
     TlsError,
     ProxyHeader,
     UpstreamUnavailable,
+    /// The source failed authentication too often and is banned for a while.
+    AuthThrottled,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Firewall,
         RejectReason::Limit,
         RejectReason::TlsRequired,
@@ -144,6 +146,7 @@ impl RejectReason {
         RejectReason::TlsError,
         RejectReason::ProxyHeader,
         RejectReason::UpstreamUnavailable,
+        RejectReason::AuthThrottled,
     ];
 
     /// Metric label value.
@@ -157,6 +160,7 @@ impl RejectReason {
             RejectReason::TlsError => "tls_error",
             RejectReason::ProxyHeader => "proxy_header",
             RejectReason::UpstreamUnavailable => "upstream_unavailable",
+            RejectReason::AuthThrottled => "auth_throttled",
         }
     }
 }
@@ -251,6 +255,13 @@ mod tests {
         assert!(!Mode::AllowSsl.egress_tls());
         assert!(Mode::PreferSsl.egress_tls());
         assert!(Mode::RequireSsl.egress_tls());
+    }
+
+    #[test]
+    fn every_reject_reason_indexes_its_own_place_in_all() {
+        for (i, r) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.as_str());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::metrics::{Metrics, Scrape};
 use crate::policy::{Mode, RejectReason};
 use crate::readiness::Readiness;
 use crate::registry::Registry;
+use crate::throttle::{self, Throttle};
 use crate::tls::TlsState;
 
 /// Refusals logged per second before lines are only counted (and summarised).
@@ -38,6 +39,8 @@ pub struct Settings {
     pub tcp_keepalive: Duration,
     /// Close forwarded client connections idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// `[auth_throttle]`.
+    pub throttle: throttle::Policy,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             inspect: cfg.log.inspect,
             tcp_keepalive: cfg.listen.tcp_keepalive,
             idle_timeout: cfg.listen.idle_timeout,
+            throttle: cfg.auth_throttle.policy(),
         }
     }
 
@@ -77,6 +81,8 @@ pub struct Shared {
     pub refusal_log: LogLimiter,
     pub metrics: Metrics,
     pub readiness: Readiness,
+    /// Sources that failed authentication too often.
+    pub throttle: Throttle,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -98,6 +104,7 @@ impl Shared {
             refusal_log: LogLimiter::new(REFUSALS_LOGGED_PER_SECOND),
             metrics: Metrics::new(),
             readiness: Readiness::default(),
+            throttle: Throttle::default(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })
@@ -170,17 +177,26 @@ impl Shared {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Whether the firewall lets `peer` in; a refusal is counted and logged (rate-limited).
-    /// The one admission check, at accept and again for the client a PROXY header names.
+    /// Whether `peer` may connect: the firewall lets it in and it is not banned for failed
+    /// authentications. A refusal is counted; a firewall refusal is logged (rate-limited),
+    /// a ban only once, when it starts. The one admission check, at accept and again for
+    /// the client a PROXY header names.
     pub fn admit(&self, peer: SocketAddr) -> Result<(), RejectReason> {
-        if self.firewall().check(peer.ip()) == Verdict::Allow {
-            return Ok(());
+        if self.firewall().check(peer.ip()) == Verdict::Deny {
+            self.metrics.rejected(RejectReason::Firewall);
+            if self.refusal_log.allow() {
+                events::refused_firewall(normalize_addr(peer));
+            }
+            return Err(RejectReason::Firewall);
         }
-        self.metrics.rejected(RejectReason::Firewall);
-        if self.refusal_log.allow() {
-            events::refused_firewall(normalize_addr(peer));
+        if self
+            .throttle
+            .is_banned(peer.ip(), std::time::Instant::now())
+        {
+            self.metrics.rejected(RejectReason::AuthThrottled);
+            return Err(RejectReason::AuthThrottled);
         }
-        Err(RejectReason::Firewall)
+        Ok(())
     }
 
     /// The metrics read off the state now, for a scrape.

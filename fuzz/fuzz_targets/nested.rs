@@ -475,7 +475,7 @@ fuzz_target!(|data: &[u8]| {
     let registry = Registry::default();
     let peer = "127.0.0.1:1".parse().unwrap();
     let conn = registry.insert(1, peer, Kind::Client);
-    let mut tap = InspectTap::new(conn, peer, metrics);
+    let mut tap = InspectTap::new(conn, peer, metrics, None);
     let chunk = (*chunk as usize + 1) * 64;
     'feed: for (client, message) in conversation(&d, *placement, *wrapping) {
         let dir = if client {

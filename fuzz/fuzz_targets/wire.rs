@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     // One registry for the run: building Prometheus metrics per input would dominate.
     static METRICS: OnceLock<moat::metrics::Metrics> = OnceLock::new();
     let metrics = METRICS.get_or_init(moat::metrics::Metrics::new);
-    let mut tap = InspectTap::new(conn, peer, metrics);
+    let mut tap = InspectTap::new(conn, peer, metrics, None);
     let mut rest = data;
     while let Some((&b, tail)) = rest.split_first() {
         let n = ((b & 0x7f) as usize * 8 + 1).min(tail.len());

@@ -13,7 +13,7 @@ use thiserror::Error;
 use super::protocol::{
     BadReply, ConnView, Failure, Reloaded, Reply, Request, RuleView, RulesCopied, Status,
 };
-use crate::cli::{CtlArgs, CtlCommand, ModeAction, RulesAction};
+use crate::cli::{BansAction, CtlArgs, CtlCommand, ModeAction, RulesAction};
 use crate::clock;
 use crate::telemetry::escape_controls;
 
@@ -127,6 +127,12 @@ fn request(cmd: &CtlCommand) -> Request {
             plaintext: *plaintext,
         },
         CtlCommand::Reload => Request::Reload {},
+        CtlCommand::Bans {
+            action: None | Some(BansAction::List),
+        } => Request::BansList {},
+        CtlCommand::Bans {
+            action: Some(BansAction::Clear { ip }),
+        } => Request::BansClear { source: *ip },
         CtlCommand::Rules { action } => match action {
             RulesAction::List => Request::RulesList {},
             RulesAction::Export => Request::RulesExport {},
@@ -261,6 +267,25 @@ fn render(cmd: &CtlCommand, reply: &Reply) -> String {
             )
         }
         Reply::RulesCopied(c) => render_copied(cmd, c),
+        Reply::Bans(b) => {
+            let rows: Vec<Vec<String>> = b
+                .bans
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.source.clone(),
+                        age(v.remaining_secs as f64),
+                        v.failures.to_string(),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}{} source(s) banned\n",
+                table(&["SOURCE", "LEFT", "FAILURES"], &rows),
+                rows.len()
+            )
+        }
+        Reply::BansCleared(c) => format!("lifted {} ban(s)\n", c.cleared),
     }
 }
 

@@ -3,7 +3,7 @@
 //! full first and then applied with single atomic stores; changes are serialised by one
 //! async lock that the data path never touches.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +15,9 @@ use toml_edit::DocumentMut;
 
 use super::persist::{self, DocError, PersistError, RulesFileError};
 use super::protocol::{
-    ConnView, ConnectionCounts, Connections, DomainView, EgressView, Failure, FirewallView,
-    ModeReply, ModeSet, Reloaded, Reply, Request, RuleAdded, RuleRemoved, RuleView, RulesCopied,
-    RulesExport, RulesList, Status,
+    BanView, Bans, BansCleared, ConnView, ConnectionCounts, Connections, DomainView, EgressView,
+    Failure, FirewallView, ModeReply, ModeSet, Reloaded, Reply, Request, RuleAdded, RuleRemoved,
+    RuleView, RulesCopied, RulesExport, RulesList, Status,
 };
 use crate::config::load::{self, Loaded};
 use crate::config::Config;
@@ -172,6 +172,8 @@ impl Control {
                 ))
             }),
             Request::RulesList {} => Ok(Reply::RulesList(self.rules_list())),
+            Request::BansList {} => Ok(Reply::Bans(self.bans())),
+            Request::BansClear { source } => Ok(Reply::BansCleared(self.clear_bans(source))),
             Request::RulesExport {} => Ok(Reply::RulesExport(RulesExport {
                 toml: persist::export(self.shared.firewall().rules()),
             })),
@@ -420,6 +422,30 @@ impl Control {
             .map(|c| conn_view(c))
             .collect();
         Connections { connections }
+    }
+
+    /// `bans.list`.
+    pub fn bans(&self) -> Bans {
+        let bans = self
+            .shared
+            .throttle
+            .bans(Instant::now())
+            .into_iter()
+            .map(|b| BanView {
+                source: b.source.to_string(),
+                remaining_secs: b.remaining.as_secs(),
+                failures: b.failures,
+            })
+            .collect();
+        Bans { bans }
+    }
+
+    /// `bans.clear`.
+    pub fn clear_bans(&self, source: Option<IpAddr>) -> BansCleared {
+        let cleared = self.shared.throttle.clear(source, Instant::now());
+        let which = source.map_or_else(|| "all".to_string(), |s| s.to_string());
+        events::bans_cleared(&which, cleared);
+        BansCleared { cleared }
     }
 
     /// `rules.list`.

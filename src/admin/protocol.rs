@@ -6,6 +6,7 @@
 //! A reply line is the reply's own fields plus `"ok": true`, or a [`Failure`]'s fields plus
 //! `"ok": false`.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
@@ -70,6 +71,14 @@ pub enum Request {
     },
     #[serde(rename = "rules.export")]
     RulesExport {},
+    #[serde(rename = "bans.list")]
+    BansList {},
+    #[serde(rename = "bans.clear")]
+    BansClear {
+        /// One source, or every ban when absent.
+        #[serde(default)]
+        source: Option<IpAddr>,
+    },
 }
 
 fn yes() -> bool {
@@ -114,6 +123,29 @@ pub enum Reply {
     RuleRemoved(RuleRemoved),
     RulesCopied(RulesCopied),
     RulesExport(RulesExport),
+    Bans(Bans),
+    BansCleared(BansCleared),
+}
+
+/// `bans.list`: sources refused for failed authentications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bans {
+    pub bans: Vec<BanView>,
+}
+
+/// One ban in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanView {
+    pub source: String,
+    pub remaining_secs: u64,
+    /// Failed authentications that started it.
+    pub failures: u32,
+}
+
+/// `bans.clear`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BansCleared {
+    pub cleared: usize,
 }
 
 /// `status`.
@@ -324,6 +356,8 @@ impl Request {
             Request::RulesRemove { .. } => Reply::RuleRemoved(get(v)?),
             Request::RulesCopy { .. } => Reply::RulesCopied(get(v)?),
             Request::RulesExport {} => Reply::RulesExport(get(v)?),
+            Request::BansList {} => Reply::Bans(get(v)?),
+            Request::BansClear { .. } => Reply::BansCleared(get(v)?),
         }))
     }
 }
@@ -478,6 +512,22 @@ mod tests {
                 Reply::RulesExport(RulesExport {
                     toml: "[[firewall.rules]]\n".into(),
                 }),
+            ),
+            (
+                Request::BansList {},
+                Reply::Bans(Bans {
+                    bans: vec![BanView {
+                        source: "203.0.113.5".into(),
+                        remaining_secs: 290,
+                        failures: 20,
+                    }],
+                }),
+            ),
+            (
+                Request::BansClear {
+                    source: Some("203.0.113.5".parse().unwrap()),
+                },
+                Reply::BansCleared(BansCleared { cleared: 1 }),
             ),
         ]
     }

@@ -42,10 +42,79 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub auth_throttle: AuthThrottleConfig,
     /// What validation found worth saying but not refusing (e.g. overlapping rules), by
     /// key path; `moat check` prints them and `run` logs them.
     #[serde(skip)]
     pub warnings: Vec<Invalid>,
+}
+
+/// `[auth_throttle]`: a source that keeps failing authentication is refused for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthThrottleConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failed authentications from one address within `window` that start a ban.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_throttle_window", deserialize_with = "duration")]
+    pub window: Duration,
+    /// How long a banned address is refused at accept.
+    #[serde(default = "default_ban", deserialize_with = "duration")]
+    pub ban: Duration,
+    /// Sources (CIDRs) never banned: application subnets whose misconfigured app would
+    /// otherwise lock itself out.
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// Addresses tracked at most (memory stays bounded under a scan).
+    #[serde(default = "default_max_sources")]
+    pub max_sources: usize,
+    /// `exempt`, parsed once by validation.
+    #[serde(skip)]
+    exempt_nets: Vec<IpNet>,
+}
+
+fn default_max_failures() -> u32 {
+    20
+}
+fn default_throttle_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_ban() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_sources() -> usize {
+    100_000
+}
+
+impl Default for AuthThrottleConfig {
+    fn default() -> Self {
+        AuthThrottleConfig {
+            enabled: true,
+            max_failures: default_max_failures(),
+            window: default_throttle_window(),
+            ban: default_ban(),
+            exempt: Vec::new(),
+            max_sources: default_max_sources(),
+            exempt_nets: Vec::new(),
+        }
+    }
+}
+
+impl AuthThrottleConfig {
+    /// The throttle's policy, as validation parsed it.
+    pub fn policy(&self) -> crate::throttle::Policy {
+        crate::throttle::Policy {
+            enabled: self.enabled,
+            max_failures: self.max_failures,
+            window: self.window,
+            ban: self.ban,
+            exempt: self.exempt_nets.clone(),
+            max_sources: self.max_sources,
+        }
+    }
 }
 
 /// `[[egress]]`: a local listener the node's own mongod dials instead of a replica-set

@@ -23,6 +23,8 @@ impl Config {
             Err(msg) => bad.push(Invalid::new("upstream.address", msg)),
         }
         self.validate_liveness(&mut bad);
+        let exempt = cidrs(&mut bad, "auth_throttle.exempt", &self.auth_throttle.exempt);
+        self.auth_throttle.exempt_nets = exempt;
         self.validate_tls(base, &mut bad);
         self.validate_egress(base, &mut bad);
         self.validate_firewall(base, &mut bad);
@@ -98,6 +100,22 @@ impl Config {
                 INVENTORY_REFRESH,
             );
         }
+        let t = &self.auth_throttle;
+        let failures = t.max_failures as usize;
+        count(
+            bad,
+            "auth_throttle.max_failures",
+            failures,
+            THROTTLE_FAILURES,
+        );
+        duration_in(bad, "auth_throttle.window", t.window, THROTTLE_WINDOW);
+        duration_in(bad, "auth_throttle.ban", t.ban, THROTTLE_BAN);
+        count(
+            bad,
+            "auth_throttle.max_sources",
+            t.max_sources,
+            THROTTLE_SOURCES,
+        );
     }
 
     fn validate_tls(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
@@ -296,6 +314,14 @@ pub const INVENTORY_REFRESH: (Duration, Duration) = (ms(100), secs(86_400));
 pub const TCP_KEEPALIVE: (Duration, Duration) = (secs(1), secs(7200));
 /// `listen.idle_timeout`, when set.
 pub const IDLE_TIMEOUT: (Duration, Duration) = (secs(1), secs(30 * 86_400));
+/// `auth_throttle.max_failures`.
+pub const THROTTLE_FAILURES: (usize, usize) = (1, 10_000);
+/// `auth_throttle.window`.
+pub const THROTTLE_WINDOW: (Duration, Duration) = (secs(1), secs(86_400));
+/// `auth_throttle.ban`.
+pub const THROTTLE_BAN: (Duration, Duration) = (secs(1), secs(30 * 86_400));
+/// `auth_throttle.max_sources`: about 100 bytes each.
+pub const THROTTLE_SOURCES: (usize, usize) = (16, 10_000_000);
 /// `egress[].max_connections`.
 pub const EGRESS_MAX_CONNECTIONS: (usize, usize) = (1, 1_000_000);
 
