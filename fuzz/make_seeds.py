@@ -8,6 +8,11 @@ seeds/wire/    the captured handshakes of tests/fixtures/wire, one conversation 
                pipelined SASL conversation.
 seeds/nested/  programs for the `nested` target: a 7,000-level spine in each placement,
                array spines, and one leaf of every BSON type.
+seeds/sniff/   first bytes: a captured ClientHello, OP_MSG and OP_QUERY hellos, a 790-byte
+               message (`16 03 00 00`), PROXY headers.
+seeds/proxy_header/  PROXY v1 (TCP4, TCP6, UNKNOWN) and v2 (PROXY, LOCAL, with TLVs) headers.
+seeds/config/  every config fixture under tests/config and the demo config.
+seeds/admin/   request lines and reply lines of the admin protocol.
 """
 
 import pathlib
@@ -120,6 +125,47 @@ def main():
         bytes([2, 0]),
     ])
     write("nested", "every-type", bytes([0, 0, 255]) + leaves)
+
+    # sniff: what a connection's first bytes can be.
+    hello = (FIXTURES / "pymongo-4.20-scram-sha-256")
+    first = sorted(hello.iterdir())[0].read_bytes()
+    write("sniff", "pymongo-hello", first)
+    tls = ROOT.parent / "tests" / "fixtures" / "tls"
+    write("sniff", "clienthello", (tls / "clienthello-openssl-3.0-sni-db.moat.test.bin").read_bytes())
+    write("sniff", "790-byte-message", struct.pack("<i", 790) + b"\x07" * 12)
+    write("sniff", "proxy-v1", b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 27017\r\n")
+    v2 = b"\r\n\r\n\x00\r\nQUIT\n"
+    write("sniff", "proxy-v2", v2 + bytes([0x21, 0x11, 0, 12, 198, 51, 100, 7, 127, 0, 0, 1, 0x9C, 0x40, 0x69, 0x89]))
+
+    # proxy_header: v1 and v2 in their shapes.
+    write("proxy_header", "v1-tcp4", b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 27017\r\nrest")
+    write("proxy_header", "v1-tcp6", b"PROXY TCP6 2001:db8::1 2001:db8::2 51000 27017\r\n")
+    write("proxy_header", "v1-unknown", b"PROXY UNKNOWN\r\n")
+    addrs = bytes([198, 51, 100, 7, 127, 0, 0, 1, 0x9C, 0x40, 0x69, 0x89])
+    write("proxy_header", "v2-proxy", v2 + bytes([0x21, 0x11, 0, 12]) + addrs)
+    write("proxy_header", "v2-local", v2 + bytes([0x20, 0x00, 0, 0]))
+    tlv = bytes([0x01, 0, 2]) + b"h2" + bytes([0x04, 0, 3]) + b"abc"  # ALPN, NOOP
+    write("proxy_header", "v2-tlvs", v2 + bytes([0x21, 0x11, 0, 12 + len(tlv)]) + addrs + tlv)
+
+    # config: every fixture, valid and invalid, and the demo config.
+    configs = ROOT.parent / "tests" / "config"
+    for kind in ("valid", "invalid"):
+        for f in sorted((configs / kind).glob("*.toml")):
+            write("config", f"{kind}-{f.stem}", f.read_bytes())
+    write("config", "demo", (ROOT.parent / "config.toml").read_bytes())
+
+    # admin: request lines, and reply lines as moat writes them.
+    for i, line in enumerate([
+        '{"cmd":"status"}',
+        '{"cmd":"mode.set","mode":"requireSSL","force":false,"persist":true}',
+        '{"cmd":"rules.add","cidr":"203.0.113.0/24","description":"office VPN"}',
+        '{"cmd":"rules.copy","from":"/etc/other.toml","replace":true}',
+        '{"cmd":"bans.clear","source":"203.0.113.5"}',
+        '{"ok":true,"mode":"requireSSL","previous":"preferSSL","persisted":true,"applied_in_us":3}',
+        '{"ok":false,"error":"1 plaintext connection is open","plaintext_connections":[{"id":1,"remote":"10.0.0.5:1","kind":"client","transport":"plaintext","sni":null,"domain":null,"age_secs":1.5,"bytes_in":1,"bytes_out":2,"driver":null,"app":null,"user":null}]}',
+        '{"ok":true,"bans":[{"source":"203.0.113.5","remaining_secs":290,"failures":20}]}',
+    ]):
+        write("admin", f"line-{i}", line.encode())
 
 
 if __name__ == "__main__":
