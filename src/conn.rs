@@ -287,18 +287,26 @@ where
         return Err(ConnError::UntrustedProxyHeader);
     }
     let client = Prefixed::new(first, client);
+    let inspect = settings.inspect;
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
             let mut stream = accept_tls(client, deadline, conn, shared).await?;
             let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
-            forward(&mut stream, upstream, conn, shared, settings).await
+            forward(&mut stream, upstream, conn, shared, settings, inspect).await
+        }
+        Action::PassThroughTls => {
+            let mut client = read_client_hello(client, deadline, conn).await?;
+            let upstream = dial.dial().await?;
+            shared.metrics.accepted(transport);
+            // Encrypted end to end: nothing to inspect.
+            forward(&mut client, upstream, conn, shared, settings, false).await
         }
         Action::ForwardPlaintext => {
             let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
             let mut client = client;
-            forward(&mut client, upstream, conn, shared, settings).await
+            forward(&mut client, upstream, conn, shared, settings, inspect).await
         }
         Action::ReplyTlsRequired => {
             reply_tls_required(client, deadline).await?;
@@ -367,6 +375,57 @@ where
     Ok(stream)
 }
 
+/// Most bytes read looking for a whole ClientHello (rustls refuses bigger ones anyway).
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// Mode passthrough: reads the client's ClientHello for its SNI without terminating TLS,
+/// as nginx's `ssl_preread` does, and gives back a stream that replays every byte read.
+async fn read_client_hello<S>(
+    mut client: Prefixed<S>,
+    deadline: Instant,
+    conn: &Conn,
+) -> Result<Prefixed<Prefixed<S>>, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut seen = Vec::with_capacity(SNIFF_BUF);
+    let mut acceptor = rustls::server::Acceptor::default();
+    let bad = |why: String| ConnError::Tls(io::Error::new(io::ErrorKind::InvalidData, why));
+    let sni = loop {
+        let before = seen.len();
+        if before >= MAX_CLIENT_HELLO {
+            return Err(bad(format!(
+                "no complete ClientHello in {MAX_CLIENT_HELLO} bytes"
+            )));
+        }
+        seen.reserve(SNIFF_BUF);
+        match timeout_at(deadline, client.read_buf(&mut seen)).await {
+            Err(_) => return Err(ConnError::HandshakeTimeout),
+            Ok(Err(e)) => return Err(ConnError::Io(e)),
+            Ok(Ok(0)) => return Err(bad("closed during the ClientHello".into())),
+            Ok(Ok(_)) => {}
+        }
+        let mut fresh = &seen[before..];
+        while !fresh.is_empty() {
+            acceptor
+                .read_tls(&mut fresh)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        match acceptor.accept() {
+            Ok(None) => continue,
+            Ok(Some(accepted)) => break accepted.client_hello().server_name().map(str::to_string),
+            Err((e, _)) => return Err(bad(format!("not a TLS ClientHello: {e}"))),
+        }
+    };
+    events::tls_passthrough(conn.id, sni.as_deref());
+    let _ = conn.tls.set(TlsInfo {
+        sni,
+        domain: "passthrough".into(),
+        client_subject: None,
+    });
+    Ok(Prefixed::new(seen, client))
+}
+
 /// Reads until the first bytes (after `buf`, already read) tell TLS from plaintext.
 /// `None` if the client closed (FIN or RST) without sending a byte.
 async fn sniff<S: AsyncRead + Unpin>(
@@ -403,13 +462,14 @@ async fn forward<C, U>(
     conn: &Arc<Conn>,
     shared: &Shared,
     settings: &Settings,
+    inspect: bool,
 ) -> Result<(), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
-    let tap: proxy::TapSlot<'_> = if settings.inspect {
+    let tap: proxy::TapSlot<'_> = if inspect {
         let watch = AuthWatch {
             throttle: &shared.throttle,
             policy: &settings.throttle,
@@ -682,6 +742,41 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(conn.transport(), Some(Transport::Tls));
+        assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
+    }
+
+    #[tokio::test]
+    async fn passthrough_reads_the_sni_and_forwards_the_client_hello_unchanged() {
+        let (dial, mut mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        let peer = tokio::spawn(async move {
+            client.write_all(CLIENT_HELLO).await.unwrap();
+            let mut got = vec![0u8; CLIENT_HELLO.len()];
+            mongod.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, CLIENT_HELLO, "mongod gets the ClientHello as sent");
+            mongod.write_all(b"\x16\x03\x03server bytes").await.unwrap();
+            let mut back = [0u8; 15];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"\x16\x03\x03server bytes");
+        });
+        let (r, conn) = serve_one(Mode::Passthrough, &dial, server_side).await;
+        peer.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        let tls = conn.tls.get().unwrap();
+        assert_eq!(tls.sni.as_deref(), Some("db.moat.test"));
+        assert_eq!(conn.transport(), Some(Transport::Tls));
+    }
+
+    #[tokio::test]
+    async fn passthrough_refuses_garbage_that_only_looks_like_tls() {
+        let (dial, _mongod) = upstream();
+        let (mut client, server_side) = duplex(1 << 16);
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        let (r, _) = serve_one(Mode::Passthrough, &dial, server_side).await;
+        assert!(matches!(r, Err(ConnError::Tls(_))), "{r:?}");
         assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
     }
 

@@ -56,6 +56,7 @@ pub mod ids {
     pub const REFUSED: u64 = 9_800_034;
     pub const AUTH_BAN: u64 = 9_800_035;
     pub const BANS_CLEARED: u64 = 9_800_036;
+    pub const TLS_PASSTHROUGH: u64 = 9_800_037;
     pub const LOG_LINES_DROPPED: u64 = 9_800_050;
     pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
     pub const METRICS_LIMIT: u64 = 9_800_071;
@@ -143,6 +144,16 @@ pub fn tls_established(conn: u64, t: &TlsSummary<'_>) {
         version = t.version, cipher = t.cipher, sni, domain = t.domain, resumed = t.resumed,
         peerSubject = t.client.unwrap_or(""),
         "{} {} sni={sni} domain={}{resumed}{client}", t.version, t.cipher, t.domain
+    );
+}
+
+/// Mode passthrough: a TLS connection forwarded unterminated to mongod.
+pub fn tls_passthrough(conn: u64, sni: Option<&str>) {
+    let sni = sni.unwrap_or("none");
+    tracing::info!(
+        c = "NETWORK", id = ids::TLS_PASSTHROUGH, ctx = %ConnCtx(conn), msg = "TLS passed through",
+        sni,
+        "TLS passthrough sni={sni}: forwarded unterminated, mongod terminates it"
     );
 }
 

@@ -21,15 +21,22 @@ pub enum Mode {
     /// TLS only; plaintext clients get a MongoDB error reply, then are closed.
     #[serde(rename = "requireSSL")]
     RequireSsl,
+    /// mongod terminates TLS itself: TLS connections are forwarded unterminated (the SNI
+    /// read from the ClientHello, as nginx's `ssl_preread` does), plaintext ones as in
+    /// allowSSL. For MONGODB-X509 and x.509 member authentication, which need mongod to
+    /// see the client's certificate.
+    #[serde(rename = "passthrough")]
+    Passthrough,
 }
 
 impl Mode {
-    /// Every mode, in roll-out order.
-    pub const ALL: [Mode; 4] = [
+    /// Every mode, in roll-out order, then passthrough.
+    pub const ALL: [Mode; 5] = [
         Mode::Disabled,
         Mode::AllowSsl,
         Mode::PreferSsl,
         Mode::RequireSsl,
+        Mode::Passthrough,
     ];
 
     /// The name used in config, CLI, logs and metric labels.
@@ -39,12 +46,13 @@ impl Mode {
             Mode::AllowSsl => "allowSSL",
             Mode::PreferSsl => "preferSSL",
             Mode::RequireSsl => "requireSSL",
+            Mode::Passthrough => "passthrough",
         }
     }
 
-    /// Whether clients may connect with TLS in this mode.
-    pub fn accepts_tls(self) -> bool {
-        self != Mode::Disabled
+    /// Whether moat terminates TLS in this mode, and so needs certificates.
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, Mode::AllowSsl | Mode::PreferSsl | Mode::RequireSsl)
     }
 
     /// Whether moat's own outgoing (egress) connections to peers use TLS: mongod's
@@ -62,7 +70,8 @@ impl Mode {
             0 => Mode::Disabled,
             1 => Mode::AllowSsl,
             2 => Mode::PreferSsl,
-            _ => Mode::RequireSsl,
+            3 => Mode::RequireSsl,
+            _ => Mode::Passthrough,
         }
     }
 }
@@ -80,7 +89,7 @@ impl FromStr for Mode {
             .into_iter()
             .find(|m| m.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown mode `{s}`: expected disabled, allowSSL, preferSSL or requireSSL")
+                format!("unknown mode `{s}`: expected disabled, allowSSL, preferSSL, requireSSL or passthrough")
             })
     }
 }
@@ -170,6 +179,8 @@ impl RejectReason {
 pub enum Action {
     /// Terminate TLS, then forward.
     AcceptTls,
+    /// Forward the TLS bytes unterminated (mode passthrough).
+    PassThroughTls,
     /// Forward the plaintext bytes as they are.
     ForwardPlaintext,
     /// Answer the first MongoDB message with an error saying TLS is required, then close.
@@ -182,6 +193,7 @@ pub enum Action {
 pub fn decide(mode: Mode, transport: Transport) -> Action {
     match (transport, mode) {
         (Transport::Tls, Mode::Disabled) => Action::Refuse(RejectReason::TlsDisabled),
+        (Transport::Tls, Mode::Passthrough) => Action::PassThroughTls,
         (Transport::Tls, _) => Action::AcceptTls,
         (Transport::Plaintext, Mode::RequireSsl) => Action::ReplyTlsRequired,
         (Transport::Plaintext, _) => Action::ForwardPlaintext,
@@ -238,6 +250,7 @@ mod tests {
             (Mode::AllowSsl, ForwardPlaintext, AcceptTls),
             (Mode::PreferSsl, ForwardPlaintext, AcceptTls),
             (Mode::RequireSsl, ReplyTlsRequired, AcceptTls),
+            (Mode::Passthrough, ForwardPlaintext, PassThroughTls),
         ];
         for (mode, plain, tls) in cases {
             assert_eq!(
@@ -255,6 +268,8 @@ mod tests {
         assert!(!Mode::AllowSsl.egress_tls());
         assert!(Mode::PreferSsl.egress_tls());
         assert!(Mode::RequireSsl.egress_tls());
+        // mongod speaks TLS to its peers itself: moat must not wrap it again.
+        assert!(!Mode::Passthrough.egress_tls());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub enum ModeError {
     NoCertificates(Mode),
     #[error("{} plaintext connection{} open: requireSSL would refuse their reconnects. Move those clients to TLS (see the list), or use --force", .0.len(), if .0.len() == 1 { " is" } else { "s are" })]
     PlaintextOpen(Vec<Arc<Conn>>),
+    #[error("{open} client connection{} open: moving between passthrough (mongod terminates TLS) and a mode where moat terminates it changes what every reconnecting client meets. Drain them first, or use --force", if *.open == 1 { " is" } else { "s are" })]
+    PassthroughSwitch { open: usize },
     #[error("mode not changed: {0}")]
     Persist(#[from] PersistError),
 }
@@ -224,13 +226,20 @@ impl Control {
     ) -> Result<ModeSet, ModeError> {
         let _one_at_a_time = self.plane.lock().await;
         let previous = self.shared.mode();
-        if mode.accepts_tls() && self.shared.tls().is_none() {
+        if mode.terminates_tls() && self.shared.tls().is_none() {
             return Err(ModeError::NoCertificates(mode));
         }
         if mode == Mode::RequireSsl && !force {
             let open = self.plaintext_clients();
             if !open.is_empty() {
                 return Err(ModeError::PlaintextOpen(open));
+            }
+        }
+        let crosses = (previous == Mode::Passthrough) != (mode == Mode::Passthrough);
+        if crosses && !force {
+            let open = self.shared.open_connections();
+            if open > 0 {
+                return Err(ModeError::PassthroughSwitch { open });
             }
         }
         let warning = if persist {

@@ -188,7 +188,7 @@ impl Config {
             )),
             _ => {}
         }
-        if tls.mode.accepts_tls() && tls.domains.is_empty() {
+        if tls.mode.terminates_tls() && tls.domains.is_empty() {
             bad.push(Invalid::new(
                 "tls.mode",
                 format!(
