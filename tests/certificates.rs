@@ -2,13 +2,11 @@
 //! rotation, resumption, protocol floors, expiry and chain checks. Test PKIs are made with
 //! rcgen (moat's own `certs init` / `certs issue`, or directly) in each test.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
 use moat::certgen::{issue, IssueOptions};
+use moat_test_support::*;
 
 /// Domains of a hosted deployment: the account's wildcard and the deployment's own name.
 struct Domains {
@@ -41,6 +39,7 @@ fn domains() -> Domains {
     }
 }
 
+/// A config serving both domains to loopback clients.
 fn domains_config(d: &Domains, upstream: &str, tls_extra: &str, sections: &str) -> String {
     let dir = d.pki.dir.path().display();
     format!(
@@ -64,7 +63,7 @@ cert = "{dir}/deployment.pem"
 key = "{dir}/deployment-key.pem"
 {sections}
 "#
-    )
+    ) + ALLOW_LOOPBACK
 }
 
 fn openssl(addr: std::net::SocketAddr, ca: &Path, args: &[&str]) -> (bool, String) {
@@ -184,7 +183,7 @@ fn encrypted_key_serves_and_a_wrong_password_fails_check_without_showing_it() {
             d = pki.dir.path().display()
         )
     };
-    let moat = Moat::start(&cfg(&pass));
+    let moat = Moat::start(&format!("{}{ALLOW_LOOPBACK}", cfg(&pass)));
     let r = pymongo(
         &uri("localhost", moat.port(), &tls_opts(&pki)),
         &["insert_find"],
@@ -504,7 +503,7 @@ fn a_chain_in_the_wrong_order_fails_check_and_the_right_order_serves_the_chain()
     assert!(err.contains("put the leaf first"), "{err}");
 
     let right = std::fs::read_to_string(cfg(&chain(&leaf, &int))).unwrap();
-    let moat = Moat::start(&right);
+    let moat = Moat::start(&format!("{right}{ALLOW_LOOPBACK}"));
     // The client trusts only the root: the intermediate must come from moat.
     let s = tls_connect(moat.addr, &root, "localhost").unwrap();
     assert_eq!(s.conn.peer_certificates().unwrap().len(), 2);
@@ -517,7 +516,7 @@ fn hostnames_the_certificate_does_not_carry_fail_check() {
     let path = dir.path().join("moat.toml");
     std::fs::write(
         &path,
-        config("127.0.0.1:27018", "preferSSL", &pki, "").replace(
+        config_without_loopback("127.0.0.1:27018", "preferSSL", &pki, "", "").replace(
             "hostnames = [\"localhost\"]",
             "hostnames = [\"localhost\", \"db9.moat.test\"]",
         ),
@@ -553,7 +552,7 @@ fn a_certificate_close_to_expiry_is_warned_about_and_an_expired_one_refused() {
         d = dir.path().display()
     );
     write(5);
-    let moat = Moat::start(&cfg);
+    let moat = Moat::start(&format!("{cfg}{ALLOW_LOOPBACK}"));
     let line = moat
         .lines()
         .wait_for("the certificate of domain soon expires on", DEADLINE);
@@ -578,10 +577,7 @@ fn certs_cli_issues_from_the_dev_ca_and_makes_a_csr_openssl_accepts() {
     let dir = tempdir();
     let d = dir.path().to_str().unwrap();
     let moat = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_moat"))
-            .args(args)
-            .output()
-            .unwrap();
+        let o = Command::new(moat_bin()).args(args).output().unwrap();
         assert!(
             o.status.success(),
             "{args:?}: {}",

@@ -1,17 +1,12 @@
 //! The command line and configuration errors, as an operator meets them.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use moat_test_support::*;
 
 fn moat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(moat_bin()).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -180,4 +175,11 @@ fn certs_init_writes_a_pki_and_will_not_overwrite_it() {
     let o = moat(&["certs", "init", "--dir", d]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("already exists"), "{}", text(&o));
+}
+
+#[test]
+fn the_harness_runs_the_moat_binary_cargo_built_for_these_tests() {
+    // moat_test_support finds the binary from the test executable's path, as a library
+    // cannot see CARGO_BIN_EXE_moat: both must name the same file.
+    assert_eq!(moat_bin(), Path::new(env!("CARGO_BIN_EXE_moat")));
 }

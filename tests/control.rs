@@ -2,14 +2,12 @@
 //! file, reload (SIGHUP and ctl), egress listeners following the mode, and the admin
 //! socket's own safety. Real secantusdb upstreams and pymongo clients.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 
-use common::*;
+use moat_test_support::*;
 
 fn moat_with_admin(mongo: &Mongo, mode: &str, pki: &Pki) -> Moat {
     Moat::start(&config_with(&mongo.addr(), mode, pki, "", ADMIN))
@@ -65,7 +63,7 @@ fn require_ssl_is_refused_while_plaintext_clients_are_open_unless_forced() {
     let pki = Pki::new();
     let moat = moat_with_admin(&mongo, "preferSSL", &pki);
     let mut open = tcp(moat.addr);
-    hello_round_trip(&mut open, 1);
+    hello_over(&mut open, 1);
     let local = open.local_addr().unwrap().to_string();
 
     let (code, out, err) = moat.ctl(&["mode", "set", "requireSSL"]);
@@ -83,7 +81,7 @@ fn require_ssl_is_refused_while_plaintext_clients_are_open_unless_forced() {
     let (code, out, err) = moat.ctl(&["mode", "set", "requireSSL", "--force"]);
     assert_eq!(code, 0, "{out}{err}");
     // The open plaintext connection keeps working; new plaintext ones are refused.
-    hello_round_trip(&mut open, 2);
+    hello_over(&mut open, 2);
     let r = pymongo(&uri("localhost", moat.port(), ""), &["ping"]);
     assert!(!r.ok && r.out.contains("requires TLS"), "{}", r.out);
 }
@@ -105,7 +103,7 @@ fn mode_set_persists_across_restart_and_keeps_comments() {
     );
     assert_eq!(
         saved,
-        format!("{cfg}{ALLOW_LOOPBACK}").replace("mode = \"preferSSL\"", "mode = \"requireSSL\""),
+        cfg.replace("mode = \"preferSSL\"", "mode = \"requireSSL\""),
         "only tls.mode changed"
     );
 
@@ -134,7 +132,7 @@ fn no_persist_changes_memory_only() {
 fn tls_modes_need_a_certificate() {
     let mongo = Mongo::start();
     let moat = Moat::start(&format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n{ADMIN}",
+        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n{ADMIN}{ALLOW_LOOPBACK}",
         mongo.addr()
     ));
     let (code, _, err) = moat.ctl(&["mode", "set", "allowSSL"]);
@@ -216,7 +214,7 @@ fn connections_lists_transport_sni_and_bytes_and_filters_plaintext() {
     let pki = Pki::new();
     let moat = moat_with_admin(&mongo, "preferSSL", &pki);
     let mut plain = tcp(moat.addr);
-    hello_round_trip(&mut plain, 1);
+    hello_over(&mut plain, 1);
     let mut tls = tls_connect(moat.addr, &pki.ca, "localhost").unwrap();
     hello_over(&mut tls, 2);
 
@@ -376,7 +374,7 @@ fn a_live_admin_socket_is_not_taken_over_but_a_stale_one_is_replaced() {
         );
     let dir = tempdir();
     std::fs::write(dir.path().join("moat.toml"), &cfg).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_moat"))
+    let out = Command::new(moat_bin())
         .args(["run", "--config"])
         .arg(dir.path().join("moat.toml"))
         .output()
@@ -467,7 +465,7 @@ fn another_user_is_refused_by_its_peer_credentials_even_through_an_open_file_mod
     let as_nobody = |args: &[&str]| {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_moat"))
+            .arg(moat_bin())
             .arg("ctl")
             .arg("--socket")
             .arg(moat.socket())
@@ -481,7 +479,7 @@ fn another_user_is_refused_by_its_peer_credentials_even_through_an_open_file_mod
     };
     let reachable = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_moat"))
+        .arg(moat_bin())
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());

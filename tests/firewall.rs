@@ -3,12 +3,10 @@
 //! live rule management through `moat ctl`, and PROXY protocol v1/v2. A recording
 //! upstream shows that refused connections never reach it.
 
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 
-use common::*;
+use moat_test_support::*;
 
 /// moat in front of `up`, with `firewall` (a `[firewall]`/`[[firewall.rules]]` block) and
 /// `listen` extra keys.
@@ -23,15 +21,26 @@ fn rule(cidr: &str) -> String {
     format!("[[firewall.rules]]\ncidr = \"{cidr}\"\ndescription = \"test {cidr}\"\n")
 }
 
-#[test]
-fn cidr_rule_admits_its_source_and_refuses_others_before_reading() {
-    let up = Recorder::start();
-    let m = moat(
+/// moat in front of an echoing upstream, with the rule `127.0.0.2/32` only.
+fn moat_allowing_2(up: &Recorder) -> Moat {
+    moat(
         &up.addr.to_string(),
         "127.0.0.1:0",
         "",
         &rule("127.0.0.2/32"),
-    );
+    )
+}
+
+/// Whether a connection from `src` is relayed to the upstream.
+fn admits(m: &Moat, src: &str) -> bool {
+    let mut s = tcp_from(src, m.addr).unwrap();
+    echo_ok(&mut s)
+}
+
+#[test]
+fn cidr_rule_admits_its_source_and_refuses_others_before_reading() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
     let mut ok = tcp_from("127.0.0.2", m.addr).unwrap();
     assert!(echo_ok(&mut ok), "127.0.0.2 is allowed");
     assert_eq!(up.seen(), 1);
@@ -150,26 +159,22 @@ fn security_group_rules_follow_the_inventory_without_a_restart() {
         inv.display()
     );
     let m = moat(&up.addr.to_string(), "127.0.0.1:0", "", &fw);
-    let allowed = |src: &str| {
-        let mut s = tcp_from(src, m.addr).unwrap();
-        echo_ok(&mut s)
-    };
-    assert!(allowed("127.0.0.2"));
-    assert!(!allowed("127.0.0.3"));
-    assert!(!allowed("127.0.0.8"), "same group id, other account");
+    assert!(admits(&m, "127.0.0.2"));
+    assert!(!admits(&m, "127.0.0.3"));
+    assert!(!admits(&m, "127.0.0.8"), "same group id, other account");
 
     std::fs::write(&inv, inventory(&["127.0.0.3"])).unwrap();
     m.lines()
         .wait_for_nth("security-group inventory", 2, DEADLINE);
-    assert!(allowed("127.0.0.3"), "added to the group");
-    assert!(!allowed("127.0.0.2"), "removed from the group");
+    assert!(admits(&m, "127.0.0.3"), "added to the group");
+    assert!(!admits(&m, "127.0.0.2"), "removed from the group");
 
     std::fs::write(&inv, "{ corrupt").unwrap();
     m.lines().wait_for(
         "unusable, keeping the last good one (2 interfaces)",
         DEADLINE,
     );
-    assert!(allowed("127.0.0.3"), "the last good inventory stays");
+    assert!(admits(&m, "127.0.0.3"), "the last good inventory stays");
 
     // moat check reports a file it cannot use.
     let (code, err) = moat_check(&m.config_path());
@@ -181,40 +186,44 @@ fn security_group_rules_follow_the_inventory_without_a_restart() {
     );
 }
 
-#[test]
-fn rules_are_managed_live_through_ctl_and_persisted() {
-    let up = Recorder::start();
-    let m = moat(
-        &up.addr.to_string(),
-        "127.0.0.1:0",
-        "",
-        &rule("127.0.0.2/32"),
-    );
-    let allowed = |src: &str| {
-        let mut s = tcp_from(src, m.addr).unwrap();
-        echo_ok(&mut s)
-    };
-    assert!(!allowed("127.0.0.3"));
-
-    let (code, out, err) = m.ctl(&[
+/// `moat ctl rules add --cidr 127.0.0.3/32 --description "office VPN"`: (code, out, err).
+fn add_office_vpn(m: &Moat) -> (i32, String, String) {
+    m.ctl(&[
         "rules",
         "add",
         "--cidr",
         "127.0.0.3/32",
         "--description",
         "office VPN",
-    ]);
+    ])
+}
+
+#[test]
+fn a_rule_added_through_ctl_applies_to_the_next_connection_and_is_saved() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
+    assert!(!admits(&m, "127.0.0.3"));
+
+    let (code, out, err) = add_office_vpn(&m);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.starts_with("added r") && out.contains("127.0.0.3/32: office VPN"),
         "{out}"
     );
-    assert!(allowed("127.0.0.3"), "applies to the next connection");
+    assert!(admits(&m, "127.0.0.3"), "applies to the next connection");
     let saved = std::fs::read_to_string(m.config_path()).unwrap();
     assert!(
         saved.contains("cidr = \"127.0.0.3/32\"\ndescription = \"office VPN\""),
         "{saved}"
     );
+}
+
+#[test]
+fn rules_list_shows_every_rule_as_json_and_as_a_table() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
+    let (code, out, err) = add_office_vpn(&m);
+    assert_eq!(code, 0, "{out}{err}");
 
     let list = m.ctl_json(&["rules", "list"]);
     let rules = list["rules"].as_array().unwrap();
@@ -227,6 +236,14 @@ fn rules_are_managed_live_through_ctl_and_persisted() {
         table.starts_with("ID") && table.contains("2 rule(s); sources no rule matches: deny"),
         "{table}"
     );
+}
+
+#[test]
+fn a_duplicate_rule_and_a_cidr_with_host_bits_are_refused() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
+    let (code, out, err) = add_office_vpn(&m);
+    assert_eq!(code, 0, "{out}{err}");
 
     let (code, dup, _) = m.ctl(&[
         "rules",
@@ -247,22 +264,47 @@ fn rules_are_managed_live_through_ctl_and_persisted() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("did you mean 127.0.0.0/24"), "{err}");
+}
+
+#[test]
+fn a_removed_rule_no_longer_admits_and_leaves_the_file() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
+    let (code, out, err) = add_office_vpn(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    let list = m.ctl_json(&["rules", "list"]);
+    let office = list["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["value"] == "127.0.0.3/32")
+        .unwrap();
 
     let id = office["id"].as_str().unwrap();
     let (code, out, _) = m.ctl(&["rules", "remove", id]);
     assert_eq!(code, 0);
     assert!(out.starts_with("removed"), "{out}");
-    assert!(!allowed("127.0.0.3"));
+    assert!(!admits(&m, "127.0.0.3"));
     assert!(!std::fs::read_to_string(m.config_path())
         .unwrap()
         .contains("127.0.0.3/32"));
+}
 
-    // Export, then copy another deployment's rules in (merge, then replace).
+#[test]
+fn rules_export_prints_the_rules_as_config() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
     let (_, exported, _) = m.ctl(&["rules", "export"]);
     assert!(
         exported.contains("[[firewall.rules]]\ncidr = \"127.0.0.2/32\""),
         "{exported}"
     );
+}
+
+#[test]
+fn rules_copy_merges_another_deployments_rules_into_the_running_ones() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
     let other = tempdir();
     let other_cfg = other.path().join("other-deployment.toml");
     std::fs::write(
@@ -276,7 +318,19 @@ fn rules_are_managed_live_through_ctl_and_persisted() {
         out.contains("1 added, 1 skipped (already allowed), 0 removed"),
         "{out}"
     );
-    assert!(allowed("127.0.0.4"));
+    assert!(admits(&m, "127.0.0.4"));
+}
+
+#[test]
+fn rules_copy_with_replace_swaps_the_running_rules_for_an_export() {
+    let up = Recorder::start();
+    let m = moat(
+        &up.addr.to_string(),
+        "127.0.0.1:0",
+        "",
+        &format!("{}{}", rule("127.0.0.2/32"), rule("127.0.0.4/32")),
+    );
+    let other = tempdir();
     let export_file = other.path().join("export.toml");
     std::fs::write(&export_file, rule("127.0.0.5/32")).unwrap();
     let (code, out, _) = m.ctl(&[
@@ -291,14 +345,18 @@ fn rules_are_managed_live_through_ctl_and_persisted() {
         out.contains("1 added, 0 skipped (already allowed), 2 removed"),
         "{out}"
     );
-    assert!(allowed("127.0.0.5") && !allowed("127.0.0.2") && !allowed("127.0.0.4"));
+    assert!(admits(&m, "127.0.0.5") && !admits(&m, "127.0.0.2") && !admits(&m, "127.0.0.4"));
     let saved = std::fs::read_to_string(m.config_path()).unwrap();
     assert!(
         saved.contains("127.0.0.5/32") && !saved.contains("127.0.0.2/32"),
         "{saved}"
     );
+}
 
-    // --no-persist changes the running rules only.
+#[test]
+fn a_rule_added_with_no_persist_changes_the_running_rules_only() {
+    let up = Recorder::start();
+    let m = moat_allowing_2(&up);
     let (code, _, _) = m.ctl(&[
         "rules",
         "add",
@@ -309,7 +367,7 @@ fn rules_are_managed_live_through_ctl_and_persisted() {
         "--no-persist",
     ]);
     assert_eq!(code, 0);
-    assert!(allowed("127.0.0.6"));
+    assert!(admits(&m, "127.0.0.6"));
     assert!(!std::fs::read_to_string(m.config_path())
         .unwrap()
         .contains("127.0.0.6"));
@@ -393,12 +451,7 @@ fn proxy_protocol_is_read_from_trusted_senders_only() {
 #[test]
 fn a_flood_of_refusals_is_logged_at_a_bounded_rate_with_a_summary() {
     let up = Recorder::start();
-    let m = moat(
-        &up.addr.to_string(),
-        "127.0.0.1:0",
-        "",
-        &rule("127.0.0.2/32"),
-    );
+    let m = moat_allowing_2(&up);
     for _ in 0..300 {
         let mut s = tcp_from("127.0.0.3", m.addr).unwrap();
         assert!(closed_without_reply(&mut s));
@@ -451,12 +504,7 @@ fn pymongo_from_an_allowed_source_works_and_from_another_is_refused() {
 #[test]
 fn rule_edits_merge_with_what_was_written_into_the_file_by_hand() {
     let up = Recorder::start();
-    let m = moat(
-        &up.addr.to_string(),
-        "127.0.0.1:0",
-        "",
-        &rule("127.0.0.2/32"),
-    );
+    let m = moat_allowing_2(&up);
     let append = |text: &str| {
         let mut f = std::fs::OpenOptions::new()
             .append(true)

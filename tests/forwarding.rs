@@ -2,15 +2,13 @@
 //! pymongo 4.x, Debian's pymongo 3.11 (legacy OP_QUERY handshake), openssl s_client and raw
 //! sockets. Each test starts its own upstream and moat on port 0.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use moat_test_support::*;
 
 fn moat_for(mongo: &Mongo, mode: &str, pki: &Pki) -> Moat {
     Moat::start(&config(&mongo.addr(), mode, pki, ""))
@@ -127,17 +125,9 @@ fn require_ssl_raw_op_msg_gets_a_well_formed_reply_then_fin() {
     let moat = moat_for(&mongo, "requireSSL", &pki);
     let mut s = tcp(moat.addr);
     s.write_all(&op_msg_hello(77)).unwrap();
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h).unwrap();
-    assert_eq!(
-        i32::from_le_bytes(h[8..12].try_into().unwrap()),
-        77,
-        "responseTo"
-    );
-    let len = i32::from_le_bytes(h[0..4].try_into().unwrap()) as usize;
-    let mut rest = vec![0u8; len - 16];
-    s.read_exact(&mut rest).unwrap();
-    let doc = bson::Document::from_reader(&rest[5..]).unwrap();
+    let reply = read_message(&mut s);
+    assert_eq!(reply.response_to, 77, "responseTo");
+    let doc = reply.document();
     assert_eq!(doc.get_f64("ok").unwrap(), 0.0);
     assert_eq!(doc.get_i32("code").unwrap(), 141);
     // Then an orderly close (EOF), not a reset.
@@ -199,7 +189,7 @@ fn disabled_refuses_tls() {
 fn disabled_mode_needs_no_certificates() {
     let mongo = Mongo::start();
     let moat = Moat::start(&format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n",
+        "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n{ALLOW_LOOPBACK}",
         mongo.addr()
     ));
     let r = pymongo(&uri("localhost", moat.port(), ""), &["insert_find"]);
@@ -269,7 +259,7 @@ fn unix_socket_upstream() {
 fn upstream_down_closes_the_client_promptly_and_says_why() {
     let pki = Pki::new();
     let dead = closed_port();
-    let moat = Moat::start(&config(&dead, "preferSSL", &pki, ""));
+    let moat = Moat::start(&config(&dead.addr(), "preferSSL", &pki, ""));
     let mut s = tcp(moat.addr);
     let t0 = Instant::now();
     s.write_all(&op_msg_hello(1)).unwrap();
@@ -279,7 +269,7 @@ fn upstream_down_closes_the_client_promptly_and_says_why() {
     // Refused at once, not after connect_timeout (2s) or the driver's own timeout.
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     let line = moat.lines().wait_for("cannot reach upstream", DEADLINE);
-    assert!(line.contains(&dead), "{line}");
+    assert!(line.contains(&dead.addr()), "{line}");
     assert!(line.contains("refused"), "{line}");
 }
 
@@ -317,7 +307,7 @@ fn max_connections_refuses_the_one_over_the_limit() {
         "max_connections = 1",
     ));
     let mut first = tcp(moat.addr);
-    hello_round_trip(&mut first, 1);
+    hello_over(&mut first, 1);
     let mut second = tcp(moat.addr);
     let _ = second.write_all(&op_msg_hello(2));
     let mut buf = [0u8; 16];
@@ -329,11 +319,11 @@ fn max_connections_refuses_the_one_over_the_limit() {
     moat.lines()
         .wait_for("max_connections (1) reached", DEADLINE);
     // The first keeps working; once it is gone a new one is admitted.
-    hello_round_trip(&mut first, 3);
+    hello_over(&mut first, 3);
     drop(first);
     moat.lines().wait_for("(0 connections now open)", DEADLINE);
     let mut third = tcp(moat.addr);
-    hello_round_trip(&mut third, 4);
+    hello_over(&mut third, 4);
 }
 
 #[test]
@@ -354,14 +344,14 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     let pki = Pki::new();
     let mut moat = moat_for(&mongo, "preferSSL", &pki);
     let mut open = tcp(moat.addr);
-    hello_round_trip(&mut open, 1);
+    hello_over(&mut open, 1);
     moat.proc.signal("TERM");
     moat.lines()
         .wait_for("got SIGTERM: no longer accepting", DEADLINE);
     // New connections are refused by the kernel: the listener is closed.
     assert!(std::net::TcpStream::connect(moat.addr).is_err());
     // The open one keeps working during the drain.
-    hello_round_trip(&mut open, 2);
+    hello_over(&mut open, 2);
     drop(open);
     let status = moat.proc.wait_exit(DEADLINE);
     assert!(status.success(), "{status:?}");
@@ -380,7 +370,7 @@ fn sigterm_gives_up_on_connections_after_shutdown_timeout() {
         "shutdown_timeout = \"500ms\"",
     ));
     let mut open = tcp(moat.addr);
-    hello_round_trip(&mut open, 1);
+    hello_over(&mut open, 1);
     moat.proc.signal("INT");
     let status = moat.proc.wait_exit(DEADLINE);
     assert!(status.success(), "{status:?}");

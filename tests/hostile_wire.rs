@@ -2,15 +2,13 @@
 //! field the handshake inspector reads, from the client and from the server. moat must stay
 //! up and keep serving a real driver, and say once that it did not log oversized metadata.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use bson::raw::{cstr, CStr};
 use bson::{RawDocument, RawDocumentBuf};
 
-use common::*;
+use moat_test_support::*;
 
 /// The depth of the reported crash: 8 bytes a level, 56 KB, under inspection's 64 KiB cap.
 const LEVELS: usize = 7000;

@@ -1,13 +1,11 @@
 //! Dead and idle peers: TCP keepalive on every socket moat owns, a client that vanishes
 //! without FIN or RST (from a network namespace whose link is cut), and `idle_timeout`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use moat_test_support::*;
 
 /// One row of /proc/net/tcp{,6}: a socket in this network namespace.
 #[derive(Debug)]
@@ -83,7 +81,7 @@ fn keepalive_is_on_for_client_upstream_and_egress_sockets() {
     );
     let m = Moat::start(&config_with(&mongo.addr(), "allowSSL", &pki, "", &egress));
     let mut client = tcp(m.addr);
-    hello_round_trip(&mut client, 1);
+    hello_over(&mut client, 1);
     let line = m
         .lines()
         .wait_for("egress listening on 127.0.0.1:", DEADLINE);
@@ -245,7 +243,7 @@ fn a_client_that_vanishes_without_fin_or_rst_is_closed_and_so_is_its_upstream() 
         ns.subnet
     );
     let m = Moat::start(
-        &config_with(
+        &config_without_loopback(
             &mongo.addr(),
             "preferSSL",
             &pki,
@@ -305,7 +303,7 @@ fn a_client_that_vanishes_without_fin_or_rst_is_closed_and_so_is_its_upstream() 
     }
     // moat itself is fine and serves the next client.
     let mut s = tcp_from(&ns.moat_ip(), m.addr).unwrap();
-    hello_round_trip(&mut s, 2);
+    hello_over(&mut s, 2);
 }
 
 #[test]
@@ -319,7 +317,7 @@ fn idle_timeout_closes_an_idle_connection_and_keeps_an_active_one() {
         "idle_timeout = \"2s\"",
     ));
     let mut idle = tcp(m.addr);
-    hello_round_trip(&mut idle, 1);
+    hello_over(&mut idle, 1);
     let idle_port = idle.local_addr().unwrap().port();
     let mut active = tcp(m.addr);
     let mut id = 2;
@@ -327,7 +325,7 @@ fn idle_timeout_closes_an_idle_connection_and_keeps_an_active_one() {
     // well inside the 2 s limit. The loop ends on the idle one's log line.
     let closing = format!("closing connection from 127.0.0.1:{idle_port}: no bytes either way");
     while m.lines().count(&closing) == 0 {
-        hello_round_trip(&mut active, id);
+        hello_over(&mut active, id);
         id += 1;
         assert!(id < 1000, "the idle connection was never closed");
         std::thread::sleep(Duration::from_millis(200));
@@ -340,7 +338,7 @@ fn idle_timeout_closes_an_idle_connection_and_keeps_an_active_one() {
         closed_without_reply(&mut idle),
         "the idle client sees the close"
     );
-    hello_round_trip(&mut active, id);
+    hello_over(&mut active, id);
     assert_eq!(
         m.lines().count("no bytes either way"),
         1,

@@ -2,15 +2,13 @@
 //! mongosh 2.12) through moat into secantusdb with auth; mongod-style lines in text and
 //! JSON; what `moat ctl` learns; transparency for bytes it cannot parse.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use moat_test_support::*;
 
 fn moat_json(mongo: &Mongo, pki: &Pki) -> Moat {
     Moat::start(&config_with(
@@ -361,8 +359,8 @@ impl Unread {
     fn start(config: &str) -> Unread {
         let dir = tempdir();
         let path = dir.path().join("moat.toml");
-        std::fs::write(&path, format!("{config}{ALLOW_LOOPBACK}")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(moat_bin())
             .args(["run", "--config", path.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -448,7 +446,7 @@ fn a_stdout_nobody_reads_never_stalls_connections() {
     // Connections are served promptly while stdout is still stuck.
     let mut s = tcp(moat.addr);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(hello_round_trip(&mut s, 1).get_f64("ok").unwrap(), 1.0);
+    assert_eq!(hello_over(&mut s, 1).get_f64("ok").unwrap(), 1.0);
     let started = Instant::now();
     let r = pymongo(&uri("localhost", moat.addr.port(), ""), &["ping"]);
     assert!(r.ok, "{}", r.out);

@@ -2,15 +2,13 @@
 //! exposition checked by promtool, /readyz following the upstream, and the files an
 //! operator deploys with (dashboard, alert rules, systemd unit, Kubernetes example).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use moat_test_support::*;
 
 /// `GET path` over HTTP/1.1: (status, body).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -94,7 +92,7 @@ fn a_scripted_mix_of_connections_gives_exact_counters() {
     let firewall = "[[firewall.rules]]\ncidr = \"127.0.0.1/32\"\ndescription = \"t\"\n\
                     [[firewall.rules]]\ncidr = \"127.0.0.2/32\"\ndescription = \"t\"\n";
     let m = Moat::start(
-        &config_with(
+        &config_without_loopback(
             &up.addr.to_string(),
             "preferSSL",
             &pki,
@@ -409,7 +407,7 @@ fn the_systemd_unit_verifies_and_the_kubernetes_config_is_a_valid_moat_config() 
     let dir = tempdir();
     let unit = std::fs::read_to_string(repo().join("deploy/systemd/moat.service"))
         .unwrap()
-        .replace("/usr/local/bin/moat", env!("CARGO_BIN_EXE_moat"));
+        .replace("/usr/local/bin/moat", moat_bin().to_str().unwrap());
     let path = dir.path().join("moat.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
@@ -705,7 +703,7 @@ fn silent_clients_and_load_balancer_health_checks_count_as_closed_before_speakin
     let up = Recorder::start();
     let pki = Pki::new();
     let firewall = "[[firewall.rules]]\ncidr = \"127.0.0.1/32\"\ndescription = \"t\"\n";
-    let m = Moat::start(&config_with(
+    let m = Moat::start(&config_without_loopback(
         &up.addr.to_string(),
         "preferSSL",
         &pki,

@@ -3,12 +3,10 @@
 //! counts and logs them. A client certificate reaches mongod, which is what MONGODB-X509
 //! and x.509 member authentication need.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use moat_test_support::*;
 
 /// secantusdb speaking TLS itself with `pki`'s localhost certificate; with `client_ca`, it
 /// requires client certificates from that CA.

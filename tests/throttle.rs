@@ -2,9 +2,7 @@
 //! failing authentication is refused at accept for a while, listed by `moat ctl bans` and
 //! let back in by `moat ctl bans clear`; an exempt subnet never is.
 
-mod common;
-
-use common::*;
+use moat_test_support::*;
 
 /// moat in front of an `--auth` secantusdb, banning after `failures` wrong logins.
 fn throttled(mongo: &Mongo, failures: u32, extra: &str) -> Moat {
