@@ -132,9 +132,10 @@ pub enum ModeAction {
     Get,
     /// Change the mode for new connections; open connections keep going.
     Set {
-        /// disabled | allowSSL | preferSSL | requireSSL
+        /// disabled | allowSSL | preferSSL | requireSSL | passthrough
         mode: Mode,
-        /// requireSSL even while plaintext clients are connected.
+        /// requireSSL even while plaintext clients are connected; into or out of
+        /// passthrough even while any client is.
         #[arg(long)]
         force: bool,
         /// Change the running mode only; do not write it into the config file.
