@@ -5,6 +5,7 @@
 #
 #   scripts/deps.sh          # everything the tests need
 #   scripts/deps.sh venv     # only the venv (the demo)
+#   scripts/deps.sh mongosh  # only mongosh, into .deps (scripts/mongosh does this on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +57,7 @@ need_rust_tools() {
 
 case "${1:-all}" in
     venv) need_venv ;;
+    mongosh) need_mongosh ;;
     all) need_apt; need_venv; need_mongosh; need_rust_tools ;;
-    *) echo "usage: scripts/deps.sh [all|venv]" >&2; exit 2 ;;
+    *) echo "usage: scripts/deps.sh [all|venv|mongosh]" >&2; exit 2 ;;
 esac
