@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, ops::Control};
 use crate::config::load::Loaded;
+use crate::config::UpstreamAddr;
 use crate::egress::{self, Egress};
 use crate::events;
 use crate::health;
@@ -21,6 +22,7 @@ use crate::shared::{Settings, Shared};
 use crate::shutdown;
 use crate::telemetry::LogHandle;
 use crate::tls::Resumption;
+use crate::upstream;
 
 /// Listen backlog: room for a burst of reconnecting drivers.
 const BACKLOG: u32 = 4096;
@@ -122,6 +124,8 @@ pub async fn serve(
     plane.log_inventory(inventory_error.as_ref(), &firewall);
     events::firewall_summary(&firewall);
 
+    let (probe, timeout) = (settings.upstream.clone(), settings.connect_timeout);
+    tokio::task::spawn_blocking(move || warn_if_self_advertised(&probe, timeout));
     let shared = Shared::new(settings, mode, tls, firewall);
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(shutdown::watch_signals(trigger));
@@ -159,6 +163,17 @@ pub async fn serve(
     tokio::spawn(shared.clone().summarise_refusals());
     server::run(listeners.public, shared, shutdown, tracker).await;
     Ok(())
+}
+
+/// Warns when the upstream's `hello` names the upstream address itself (a probe at start;
+/// an unreachable upstream says nothing here: readiness reports that).
+fn warn_if_self_advertised(upstream: &UpstreamAddr, timeout: std::time::Duration) {
+    if let Ok(advertised) = upstream::advertised(upstream, timeout) {
+        let named = advertised.naming(upstream);
+        if !named.is_empty() {
+            events::upstream_self_advertised(&upstream.to_string(), &named);
+        }
+    }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

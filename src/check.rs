@@ -8,8 +8,10 @@ use thiserror::Error;
 
 use crate::config::load::{self, Loaded};
 use crate::error::ConfigErrors;
+use crate::events;
 use crate::firewall::DefaultPolicy;
 use crate::tls::Resumption;
+use crate::upstream;
 
 /// Why a config does not pass.
 #[derive(Debug, Error)]
@@ -24,6 +26,8 @@ pub enum CheckError {
 pub struct Report {
     path: String,
     loaded: Loaded,
+    /// Members of the upstream's replica set that are its own address (when reachable).
+    self_advertised: Vec<String>,
 }
 
 /// Loads and checks the config at `path`. An inventory that cannot be read is an error
@@ -33,9 +37,14 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
     if let Some(e) = loaded.inventory_problem() {
         return Err(e.into());
     }
+    let timeout = loaded.config.upstream.connect_timeout;
+    let self_advertised = upstream::advertised(&loaded.upstream, timeout)
+        .map(|a| a.naming(&loaded.upstream))
+        .unwrap_or_default();
     Ok(Report {
         path: path.display().to_string(),
         loaded,
+        self_advertised,
     })
 }
 
@@ -70,6 +79,15 @@ impl fmt::Display for Report {
         }
         for w in l.warnings() {
             writeln!(f, "warning: {w}")?;
+        }
+        if !self.self_advertised.is_empty() {
+            let upstream = l.upstream.to_string();
+            let hosts = self.self_advertised.join(", ");
+            writeln!(
+                f,
+                "warning: {}",
+                events::self_advertised_advice(&upstream, &hosts)
+            )?;
         }
         Ok(())
     }

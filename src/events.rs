@@ -57,6 +57,7 @@ pub mod ids {
     pub const AUTH_BAN: u64 = 9_800_035;
     pub const BANS_CLEARED: u64 = 9_800_036;
     pub const TLS_PASSTHROUGH: u64 = 9_800_037;
+    pub const SELF_ADVERTISED: u64 = 9_800_038;
     pub const LOG_LINES_DROPPED: u64 = 9_800_050;
     pub const METRICS_NOT_ALLOWED: u64 = 9_800_070;
     pub const METRICS_LIMIT: u64 = 9_800_071;
@@ -708,4 +709,23 @@ pub fn bans_cleared(which: &str, lifted: usize) {
         lifted = lifted as u64,
         "auth_throttle bans lifted ({which}): {lifted}"
     );
+}
+
+/// The upstream's replica-set config names the upstream address itself: drivers that
+/// discover the set from `hello` would connect there, around moat.
+pub fn upstream_self_advertised(upstream: &str, hosts: &[String]) {
+    let hosts = hosts.join(", ");
+    tracing::warn!(
+        c = "NETWORK", id = ids::SELF_ADVERTISED, ctx = "main",
+        msg = "Upstream advertises its own private address",
+        upstream, hosts = %hosts,
+        "{}", self_advertised_advice(upstream, &hosts)
+    );
+}
+
+/// The advice, shared by the log line and `moat check`.
+pub fn self_advertised_advice(upstream: &str, hosts: &str) -> String {
+    format!(
+        "the upstream's hello lists {hosts} (moat's upstream {upstream}) among its replica set's members: drivers that discover the set connect there, around moat. In rs.conf(), name each member by the hostname clients dial, on moat's port (see README, \"Replica sets\")"
+    )
 }

@@ -8,7 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use std::net::ToSocketAddrs;
+
 use crate::config::UpstreamAddr;
+use crate::wire::header::HEADER_LEN;
+use crate::wire::{message, Header, OpCode};
 
 /// An open upstream connection: a byte stream, whichever the transport.
 pub enum Upstream {
@@ -97,4 +101,126 @@ pub async fn connect(addr: &UpstreamAddr, timeout: Duration) -> io::Result<Upstr
             ),
         )),
     }
+}
+
+/// The largest hello reply the topology probe reads.
+const MAX_HELLO_REPLY: usize = 1 << 20;
+
+/// Why the topology probe learnt nothing (it is advice: moat serves either way).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream's hello reply is not a MongoDB reply: {0}")]
+    Reply(String),
+}
+
+/// What the upstream's `hello` says about its replica set: `hosts` and `me`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Advertised {
+    pub hosts: Vec<String>,
+    pub me: Option<String>,
+}
+
+impl Advertised {
+    /// The advertised members that are the upstream address itself: drivers that discover
+    /// the set from `hello` would connect there, around moat.
+    pub fn naming(&self, addr: &UpstreamAddr) -> Vec<String> {
+        let UpstreamAddr::Tcp { name, addrs } = addr else {
+            return Vec::new();
+        };
+        let is_upstream = |h: &str| {
+            h.eq_ignore_ascii_case(name)
+                || h.to_socket_addrs()
+                    .map(|mut resolved| resolved.any(|a| addrs.contains(&a)))
+                    .unwrap_or(false)
+        };
+        let mut found: Vec<String> = self
+            .hosts
+            .iter()
+            .chain(self.me.iter())
+            .filter(|h| is_upstream(h))
+            .cloned()
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+}
+
+/// Asks the upstream for its `hello` (blocking: a start-up and `moat check` probe, never
+/// on the data path) and returns the replica-set members it advertises.
+pub fn advertised(addr: &UpstreamAddr, timeout: Duration) -> Result<Advertised, ProbeError> {
+    use std::io::{Read, Write};
+    let mut stream: Box<dyn ReadWrite> = match addr {
+        UpstreamAddr::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Box::new(s)
+        }
+        UpstreamAddr::Tcp { addrs, .. } => {
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+            let mut connected = None;
+            for a in addrs {
+                match std::net::TcpStream::connect_timeout(a, timeout) {
+                    Ok(s) => {
+                        connected = Some(s);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let s = connected.ok_or(last)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Box::new(s)
+        }
+    };
+    stream.write_all(&hello_request())?;
+    let mut head = [0u8; HEADER_LEN];
+    stream.read_exact(&mut head)?;
+    let header = Header::parse(&head).map_err(|e| ProbeError::Reply(e.to_string()))?;
+    if header.length > MAX_HELLO_REPLY {
+        return Err(ProbeError::Reply(format!("{} bytes", header.length)));
+    }
+    let mut message = head.to_vec();
+    message.resize(header.length, 0);
+    stream.read_exact(&mut message[HEADER_LEN..])?;
+    let parsed = message::parse(&message).map_err(|e| ProbeError::Reply(e.to_string()))?;
+    let doc = parsed
+        .reply()
+        .ok_or_else(|| ProbeError::Reply("no reply document".into()))?;
+    let hosts = doc
+        .get_array("hosts")
+        .map(|a| {
+            a.into_iter()
+                .filter_map(|v| v.ok()?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let me = doc.get_str("me").ok().map(str::to_string);
+    Ok(Advertised { hosts, me })
+}
+
+/// A stream the blocking probe can use, TCP or unix.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// `{hello: 1, $db: "admin"}` as an OP_MSG.
+fn hello_request() -> Vec<u8> {
+    let mut body = Vec::new();
+    // A fixed document: serialising it cannot fail.
+    let _ = bson::doc! { "hello": 1, "$db": "admin" }.to_writer(&mut body);
+    let mut out = Vec::with_capacity(HEADER_LEN + 5 + body.len());
+    Header {
+        length: HEADER_LEN + 5 + body.len(),
+        request_id: 1,
+        response_to: 0,
+        op_code: OpCode::Msg,
+    }
+    .write(&mut out);
+    out.extend_from_slice(&[0, 0, 0, 0, 0]);
+    out.extend_from_slice(&body);
+    out
 }
