@@ -60,6 +60,8 @@ pub mod ids {
     pub const TLS_REQUIRED_CUT: u64 = 9_800_061;
     pub const EGRESS_REFUSED_SOURCE: u64 = 9_800_062;
     pub const EGRESS_REFUSED_LIMIT: u64 = 9_800_063;
+    pub const ACCEPT_FAILING: u64 = 9_800_140;
+    pub const ACCEPT_RECOVERED: u64 = 9_800_141;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -630,5 +632,30 @@ pub fn egress_refused_limit(listen: SocketAddr, from: SocketAddr, max: usize) {
         msg = "Egress connection refused: limit reached",
         address = %listen, remote = %from, reason = "limit", maxConnections = max as u64,
         "egress connection refused from {from} on {listen}: max_connections ({max}) reached"
+    );
+}
+
+/// Accepting fails (out of descriptors, most often): at most once a second, with the
+/// count since the last line.
+pub fn accept_failing(error: &dyn fmt::Display, count: u64, run: u64, since: Duration) {
+    tracing::error!(
+        c = "NETWORK", id = ids::ACCEPT_FAILING, ctx = "listener",
+        msg = "Error accepting connections",
+        error = %error, count, failedSinceFirst = run, durationMillis = since.as_millis() as u64,
+        "error accepting connections: {error} ({count} times since the last line, {run} in {}); new connections wait in the backlog, retrying with back-off",
+        humantime::format_duration(Duration::from_millis(since.as_millis() as u64))
+    );
+}
+
+pub fn accept_recovered(failed: u64, after: Duration) {
+    tracing::info!(
+        c = "NETWORK",
+        id = ids::ACCEPT_RECOVERED,
+        ctx = "listener",
+        msg = "Accepting connections again",
+        failedAttempts = failed,
+        durationMillis = after.as_millis() as u64,
+        "accepting connections again after {failed} failed attempts over {}",
+        humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
     );
 }

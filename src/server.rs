@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::conn;
@@ -16,8 +17,16 @@ use crate::policy::RejectReason;
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
 
-/// Pause after an accept error such as EMFILE, so a full fd table is not a busy loop.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// First pause after an accept error such as EMFILE; it doubles while errors go on.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts: how late moat notices that descriptors are free.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Accept errors are reported at most this often, with the count since the last report.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How many connections must have closed since the last look before freed memory is
+/// handed back to the OS (see [`return_freed_memory`]).
+const TRIM_AFTER_CLOSED: usize = 1024;
 
 /// Accepts until `shutdown` fires, then waits for every task on `tracker` (client and
 /// egress connections) up to the configured `shutdown_timeout`. Returns the number of
@@ -30,6 +39,8 @@ pub async fn run(
 ) -> usize {
     let max = shared.settings().max_connections;
     let permits = Arc::new(Semaphore::new(max));
+    let mut errors = AcceptErrors::default();
+    let trim = tokio::spawn(return_freed_memory(shared.clone()));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -41,11 +52,14 @@ pub async fn run(
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {
-            Ok(x) => x,
+            Ok(x) => {
+                errors.succeeded();
+                x
+            }
             Err(e) if is_transient(&e) => continue,
             Err(e) => {
-                events::accept_error(&e);
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                // Sleeping here, not in a select with shutdown: the pause is short.
+                tokio::time::sleep(errors.failed(&e)).await;
                 continue;
             }
         };
@@ -75,6 +89,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    trim.abort();
     tracker.close();
     let drained = tokio::time::timeout(shared.settings().shutdown_timeout, tracker.wait()).await;
     let remaining = if drained.is_ok() { 0 } else { tracker.len() };
@@ -89,3 +104,89 @@ fn is_transient(e: &io::Error) -> bool {
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
 }
+
+/// A run of failed accepts (out of descriptors: EMFILE, ENFILE; out of memory: ENOBUFS,
+/// ENOMEM). The connections wait in the listen backlog meanwhile, so each retry is only a
+/// syscall: retries back off, and the log gets one line a second with a count instead of
+/// one line a retry.
+#[derive(Debug)]
+pub struct AcceptErrors {
+    backoff: Duration,
+    /// Failures since the last report.
+    unreported: u64,
+    last_report: Option<Instant>,
+    /// The current run: failures and when it began.
+    run: u64,
+    since: Option<Instant>,
+}
+
+impl Default for AcceptErrors {
+    fn default() -> Self {
+        AcceptErrors {
+            backoff: ACCEPT_BACKOFF_MIN,
+            unreported: 0,
+            last_report: None,
+            run: 0,
+            since: None,
+        }
+    }
+}
+
+impl AcceptErrors {
+    /// Notes a failed accept, reports it if a second has passed since the last report,
+    /// and returns how long to wait before the next attempt.
+    pub fn failed(&mut self, e: &io::Error) -> Duration {
+        let now = Instant::now();
+        self.unreported += 1;
+        self.run += 1;
+        let since = *self.since.get_or_insert(now);
+        if self
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_REPORT_EVERY)
+        {
+            events::accept_failing(e, self.unreported, self.run, now.duration_since(since));
+            self.unreported = 0;
+            self.last_report = Some(now);
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        wait
+    }
+
+    /// Notes a successful accept; after a run of failures, says that accepting works again.
+    pub fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            events::accept_recovered(self.run, since.elapsed());
+            *self = AcceptErrors::default();
+        }
+    }
+}
+
+/// After a burst of connections has closed (a slowloris, a reconnect storm), hands the
+/// freed heap back to the OS. glibc keeps freed pages mapped unless the top of a heap is
+/// free, so without this the process would stay at its peak size after thousands of
+/// connections have come and gone.
+async fn return_freed_memory(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut peak = 0;
+    loop {
+        every.tick().await;
+        let open = shared.open_connections();
+        peak = peak.max(open);
+        if peak - open >= TRIM_AFTER_CLOSED {
+            trim_heap();
+            peak = open;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
