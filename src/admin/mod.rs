@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::Control;
@@ -111,7 +112,7 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
         let reply = commands::error(
             "permission denied: only moat's own user or root may use the admin socket",
         );
-        w.write_all(format!("{reply}\n").as_bytes()).await?;
+        send(&mut w, &reply).await?;
         return Ok(());
     }
     let mut r = BufReader::new(r);
@@ -121,22 +122,36 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
         let mut limited = (&mut r).take(MAX_REQUEST as u64 + 1);
         let read = limited.read_until(b'\n', &mut line);
         let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
-            Err(_) => {
-                let reply = commands::error("no complete request line within 10s; closing");
-                w.write_all(format!("{reply}\n").as_bytes()).await?;
-                return Ok(());
-            }
+            Err(_) => return refuse(&mut w, "no complete request line within 10s; closing").await,
             Ok(r) => r?,
         };
         if n == 0 {
             return Ok(());
         }
         if line.len() > MAX_REQUEST {
-            let reply = commands::error("request longer than 64 KiB; closing");
-            w.write_all(format!("{reply}\n").as_bytes()).await?;
-            return Ok(());
+            return refuse(&mut w, "request longer than 64 KiB; closing").await;
         }
         let reply = commands::dispatch(control, &line).await;
-        w.write_all(format!("{reply}\n").as_bytes()).await?;
+        send(&mut w, &reply).await?;
     }
+}
+
+/// Writes one reply line. A client that does not take it within [`REQUEST_DEADLINE`]
+/// (it sends requests and never reads) is closed, not waited for.
+async fn send(w: &mut OwnedWriteHalf, reply: &serde_json::Value) -> io::Result<()> {
+    let line = format!("{reply}\n");
+    tokio::time::timeout(REQUEST_DEADLINE, w.write_all(line.as_bytes()))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a client did not read its reply within 10s; closing",
+            )
+        })?
+}
+
+/// Answers with `why`, then closes; the error makes the caller log it.
+async fn refuse(w: &mut OwnedWriteHalf, why: &str) -> io::Result<()> {
+    send(w, &commands::error(why)).await?;
+    Err(io::Error::new(io::ErrorKind::InvalidData, why))
 }
