@@ -143,6 +143,9 @@ fn check(path: &Path) -> ExitCode {
     for w in warnings(&l) {
         println!("warning: {w}");
     }
+    for w in l.source.place(l.config.permission_warnings()).0 {
+        println!("warning: {w}");
+    }
     ExitCode::SUCCESS
 }
 
