@@ -24,8 +24,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Accept errors are reported at most this often, with the count since the last report.
 const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// How many connections must have closed since the last look before freed memory is
-/// handed back to the OS (see [`return_freed_memory`]).
+/// How far the open connections must fall from their peak (sampled each second) before
+/// freed memory is handed back to the OS (see [`return_freed_memory`]).
 const TRIM_AFTER_CLOSED: usize = 1024;
 
 /// Accepts until `shutdown` fires, then waits for every task on `tracker` (client and
@@ -190,3 +190,39 @@ fn trim_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(libc::EMFILE)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_to_the_cap_and_start_over_after_a_success() {
+        let mut e = AcceptErrors::default();
+        let waits: Vec<u64> = (0..8)
+            .map(|_| e.failed(&emfile()).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 500, 500]);
+        e.succeeded();
+        assert_eq!(e.failed(&emfile()), ACCEPT_BACKOFF_MIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_are_reported_at_most_once_a_second_with_the_count() {
+        let mut e = AcceptErrors::default();
+        e.failed(&emfile());
+        assert_eq!(e.unreported, 0, "the first one is reported at once");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(150)).await;
+            e.failed(&emfile());
+        }
+        assert_eq!(e.unreported, 5, "held back within the second");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        e.failed(&emfile());
+        assert_eq!(e.unreported, 0, "six reported together after a second");
+        assert_eq!(e.run, 7);
+    }
+}
