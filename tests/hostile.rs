@@ -1545,7 +1545,7 @@ fn out_of_descriptors_moat_backs_off_logs_once_a_second_and_recovers() {
         "moat used {cpu:.1} % CPU while out of descriptors"
     );
     assert!(
-        (3..=7).contains(&lines),
+        (2..=7).contains(&lines),
         "{lines} accept-error lines in {elapsed:?}: expected about one a second"
     );
     let last = m
