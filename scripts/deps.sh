@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what moat's tests and demo need on a fresh Debian 12 machine, and only what is
-# missing: a few Debian packages (as root) and a Python venv (.venv) with the pinned
-# secantusdb + pymongo from tests/py/requirements.txt.
+# missing: a few Debian packages (as root), a Python venv (.venv) with the pinned
+# secantusdb + pymongo from tests/py/requirements.txt, and sslyze in its own venv.
 #
 #   scripts/deps.sh          # everything the tests need
 #   scripts/deps.sh venv     # only the venv (the demo)
@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Test peers: openssl s_client, Debian's pymongo 3.11 (legacy OP_QUERY handshake),
-# promtool (from prometheus) to check the metrics exposition and alert rules.
-APT_PACKAGES=(openssl python3-pymongo prometheus)
+# promtool (from prometheus) to check the metrics exposition and alert rules, and the
+# TLS scanner testssl.sh (tests/scanners.rs).
+APT_PACKAGES=(openssl python3-pymongo prometheus testssl.sh)
 
 need_apt() {
     local missing=()
@@ -38,6 +39,21 @@ need_venv() {
     cp "$req" "$stamp"
 }
 
+# sslyze (tests/scanners.rs) in a venv of its own: its pinned cryptography and nassl must
+# not meet secantusdb's dependencies.
+SSLYZE_VERSION=6.3.1
+need_sslyze() {
+    local venv=.venv-sslyze
+    if [ -x "$venv/bin/sslyze" ] && [ "$(cat "$venv/.version" 2>/dev/null)" = "$SSLYZE_VERSION" ]; then
+        return 0
+    fi
+    echo "creating $venv with sslyze $SSLYZE_VERSION" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "sslyze==$SSLYZE_VERSION"
+    echo "$SSLYZE_VERSION" > "$venv/.version"
+}
+
 # mongosh (npm, ~60 s the first time): a real driver with a legacy OP_QUERY handshake.
 MONGOSH_VERSION=2.12.0
 need_mongosh() {
@@ -58,6 +74,6 @@ need_rust_tools() {
 case "${1:-all}" in
     venv) need_venv ;;
     mongosh) need_mongosh ;;
-    all) need_apt; need_venv; need_mongosh; need_rust_tools ;;
+    all) need_apt; need_venv; need_sslyze; need_mongosh; need_rust_tools ;;
     *) echo "usage: scripts/deps.sh [all|venv|mongosh]" >&2; exit 2 ;;
 esac

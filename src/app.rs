@@ -13,13 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, ops::Control};
 use crate::config::load::Loaded;
-use crate::config::UpstreamAddr;
 use crate::egress::{self, Egress};
 use crate::events;
 use crate::health;
 use crate::server;
 use crate::shared::{Settings, Shared};
-use crate::shutdown;
+use crate::shutdown::{self, Signals};
 use crate::telemetry::LogHandle;
 use crate::tls::Resumption;
 use crate::upstream;
@@ -35,6 +34,15 @@ pub struct BindError {
     pub key: String,
     pub what: String,
     pub source: io::Error,
+}
+
+/// Why `run` could not start serving.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("moat: cannot watch signals: {0}")]
+    Signals(io::Error),
 }
 
 /// Every socket moat serves, opened before anything starts so a clash fails the start.
@@ -100,7 +108,7 @@ pub async fn serve(
     mut loaded: Loaded,
     resumption: Resumption,
     log: LogHandle,
-) -> Result<(), BindError> {
+) -> Result<(), ServeError> {
     for w in loaded.warnings() {
         events::config_warning(&w);
     }
@@ -120,15 +128,17 @@ pub async fn serve(
         .unwrap_or(config.listen.address);
     let settings = Settings::from_config(&config, upstream);
     let mode = config.tls.mode;
+    let signals = Signals::install().map_err(ServeError::Signals)?;
     events::listening(local, mode, &settings.upstream.to_string());
     plane.log_inventory(inventory_error.as_ref(), &firewall);
     events::firewall_summary(&firewall);
 
     let (probe, timeout) = (settings.upstream.clone(), settings.connect_timeout);
-    tokio::task::spawn_blocking(move || warn_if_self_advertised(&probe, timeout));
+    tokio::task::spawn_blocking(move || upstream::warn_if_self_advertised(&probe, timeout));
     let shared = Shared::new(settings, mode, tls, firewall);
     let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(shutdown::watch_signals(trigger));
+    let ((term, int), hup) = signals.split();
+    tokio::spawn(shutdown::watch_signals(term, int, trigger));
     let tracker = TaskTracker::new();
     let egress: Vec<Arc<Egress>> = listeners.egress.iter().map(|(_, e)| e.clone()).collect();
     let control = Arc::new(Control::new(
@@ -157,23 +167,12 @@ pub async fn serve(
         ));
         tokio::spawn(health::probe_upstream(shared.clone(), m.readiness_interval));
     }
-    tokio::spawn(control.clone().reload_on_sighup());
+    tokio::spawn(control.clone().reload_on(hup));
     tokio::spawn(control.watch_inventory());
     tokio::spawn(shared.clone().watch_expiry());
     tokio::spawn(shared.clone().summarise_refusals());
     server::run(listeners.public, shared, shutdown, tracker).await;
     Ok(())
-}
-
-/// Warns when the upstream's `hello` names the upstream address itself (a probe at start;
-/// an unreachable upstream says nothing here: readiness reports that).
-fn warn_if_self_advertised(upstream: &UpstreamAddr, timeout: std::time::Duration) {
-    if let Ok(advertised) = upstream::advertised(upstream, timeout) {
-        let named = advertised.naming(upstream);
-        if !named.is_empty() {
-            events::upstream_self_advertised(&upstream.to_string(), &named);
-        }
-    }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -185,19 +184,4 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
-}
-
-/// Two descriptors per proxied connection: lift the soft open-files limit to the hard one.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

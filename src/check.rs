@@ -80,6 +80,9 @@ impl fmt::Display for Report {
         for w in l.warnings() {
             writeln!(f, "warning: {w}")?;
         }
+        for w in l.source.place(l.config.permission_warnings()).0 {
+            writeln!(f, "warning: {w}")?;
+        }
         if !self.self_advertised.is_empty() {
             let upstream = l.upstream.to_string();
             let hosts = self.self_advertised.join(", ");

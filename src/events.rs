@@ -67,6 +67,8 @@ pub mod ids {
     pub const EGRESS_REFUSED_SOURCE: u64 = 9_800_062;
     pub const EGRESS_REFUSED_LIMIT: u64 = 9_800_063;
     pub const CLIENT_METADATA_TOO_LARGE: u64 = 9_800_040;
+    pub const ACCEPT_FAILING: u64 = 9_800_140;
+    pub const ACCEPT_RECOVERED: u64 = 9_800_141;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -728,4 +730,28 @@ pub fn self_advertised_advice(upstream: &str, hosts: &str) -> String {
     format!(
         "the upstream's hello lists {hosts} (moat's upstream {upstream}) among its replica set's members: drivers that discover the set connect there, around moat. In rs.conf(), name each member by the hostname clients dial, on moat's port (see README, \"Replica sets\")"
     )
+}
+/// Accepting fails (out of descriptors, most often): at most once a second, with the
+/// count since the last line.
+pub fn accept_failing(error: &dyn fmt::Display, count: u64, run: u64, since: Duration) {
+    tracing::error!(
+        c = "NETWORK", id = ids::ACCEPT_FAILING, ctx = "listener",
+        msg = "Error accepting connections",
+        error = %error, count, failedSinceFirst = run, durationMillis = since.as_millis() as u64,
+        "error accepting connections: {error} ({count} times since the last line, {run} in {}); new connections wait in the backlog, retrying with back-off",
+        humantime::format_duration(Duration::from_millis(since.as_millis() as u64))
+    );
+}
+
+pub fn accept_recovered(failed: u64, after: Duration) {
+    tracing::info!(
+        c = "NETWORK",
+        id = ids::ACCEPT_RECOVERED,
+        ctx = "listener",
+        msg = "Accepting connections again",
+        failedAttempts = failed,
+        durationMillis = after.as_millis() as u64,
+        "accepting connections again after {failed} failed attempts over {}",
+        humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
+    );
 }

@@ -46,7 +46,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .context("moat: cannot start the runtime")?;
     let (log, _flush_on_exit) = telemetry::init(&loaded.config.log);
     events::startup(env!("CARGO_PKG_VERSION"), &path.display().to_string());
-    app::raise_fd_limit();
+    raise_fd_limit();
     let served = runtime.block_on(app::serve(path, loaded, resumption, log));
     runtime.shutdown_background();
     Ok(served?)
@@ -91,4 +91,19 @@ fn certs(cmd: &CertsCommand) -> Result<String, CertgenError> {
             )
         }
     })
+}
+
+/// Two descriptors per proxied connection: lift the soft open-files limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The shutdown signal: SIGTERM or SIGINT starts a graceful drain; a second one exits now.
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 /// Fires the shutdown.
@@ -42,10 +42,33 @@ impl Shutdown {
     }
 }
 
+/// The signals moat handles, installed before it says it listens: a signal sent the moment
+/// the listening line appears must not meet the default action (which, for SIGHUP, would
+/// terminate the process).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    /// SIGHUP: a reload (see `Control::reload_on`).
+    pub hup: Signal,
+}
+
+impl Signals {
+    /// The SIGTERM/SIGINT watch and SIGHUP, apart.
+    pub fn split(self) -> ((Signal, Signal), Signal) {
+        ((self.term, self.int), self.hup)
+    }
+
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Fires `trigger` on the first SIGTERM or SIGINT; exits the process at once on a second.
-pub async fn watch_signals(trigger: Trigger) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+pub async fn watch_signals(mut term: Signal, mut int: Signal, trigger: Trigger) {
     let mut fired = false;
     loop {
         let name = tokio::select! {

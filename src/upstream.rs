@@ -11,6 +11,7 @@ use tokio::net::{TcpStream, UnixStream};
 use std::net::ToSocketAddrs;
 
 use crate::config::UpstreamAddr;
+use crate::events;
 use crate::wire::header::HEADER_LEN;
 use crate::wire::{message, Header, OpCode};
 
@@ -223,4 +224,15 @@ fn hello_request() -> Vec<u8> {
     out.extend_from_slice(&[0, 0, 0, 0, 0]);
     out.extend_from_slice(&body);
     out
+}
+
+/// Warns when the upstream's `hello` names the upstream address itself (a probe at start;
+/// an unreachable upstream says nothing here: readiness reports that).
+pub fn warn_if_self_advertised(upstream: &UpstreamAddr, timeout: Duration) {
+    if let Ok(advertised) = advertised(upstream, timeout) {
+        let named = advertised.naming(upstream);
+        if !named.is_empty() {
+            events::upstream_self_advertised(&upstream.to_string(), &named);
+        }
+    }
 }

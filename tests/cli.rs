@@ -183,3 +183,71 @@ fn the_harness_runs_the_moat_binary_cargo_built_for_these_tests() {
     // cannot see CARGO_BIN_EXE_moat: both must name the same file.
     assert_eq!(moat_bin(), Path::new(env!("CARGO_BIN_EXE_moat")));
 }
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn check_warns_about_a_private_key_others_can_read_and_not_about_a_private_one() {
+    let pki = Pki::new();
+    let dir = tempdir();
+    let cfg = write_config(dir.path(), &pki, &pki.cert, &pki.key);
+    let check = || moat(&["check", "--config", cfg.to_str().unwrap()]);
+
+    set_mode(&pki.key, 0o600);
+    let o = check();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("readable by"), "{}", text(&o));
+
+    for (mode, who) in [
+        (0o640, "readable by its group (mode 0640)"),
+        (0o604, "readable by all users (mode 0604)"),
+        (0o644, "readable by its group and all users (mode 0644)"),
+    ] {
+        set_mode(&pki.key, mode);
+        let o = check();
+        // A warning, not an error: moat still runs with such a key.
+        assert!(o.status.success(), "{}", text(&o));
+        let want = format!(
+            "warning: {}:11:7: tls.domains[0].key: {} is {who}: make it private to moat's user (chmod 600)",
+            cfg.display(),
+            pki.key.display()
+        );
+        assert!(text(&o).contains(&want), "want {want}\ngot {}", text(&o));
+    }
+}
+
+#[test]
+fn check_warns_about_an_admin_socket_directory_others_can_write() {
+    let pki = Pki::new();
+    let dir = tempdir();
+    set_mode(&pki.key, 0o600);
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let cfg = write_config(dir.path(), &pki, &pki.cert, &pki.key);
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text_cfg + "[admin]\nsocket = \"run/admin.sock\"\n").unwrap();
+    let check = || moat(&["check", "--config", cfg.to_str().unwrap()]);
+
+    set_mode(&run, 0o700);
+    let o = check();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("can be written by"), "{}", text(&o));
+
+    for (mode, who) in [
+        (0o770, "its group (mode 0770)"),
+        (0o1777, "its group and all users (mode 1777)"),
+    ] {
+        set_mode(&run, mode);
+        let o = check();
+        assert!(o.status.success(), "{}", text(&o));
+        let want = format!(
+            "warning: {}:13:10: admin.socket: {} can be written by {who}: they could put their own socket",
+            cfg.display(),
+            run.display()
+        );
+        assert!(text(&o).contains(&want), "want {want}\ngot {}", text(&o));
+    }
+}

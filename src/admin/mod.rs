@@ -110,11 +110,25 @@ fn allowed(stream: &UnixStream) -> bool {
     matches!(stream.peer_cred(), Ok(c) if c.uid() == me || c.uid() == 0)
 }
 
-/// Writes one reply line.
+/// Writes one reply line. A client that does not take it within [`REQUEST_DEADLINE`]
+/// (it sends requests and never reads) is closed, not waited for.
 async fn send(w: &mut OwnedWriteHalf, reply: &Result<Reply, Failure>) -> io::Result<()> {
     let mut line = protocol::encode(reply);
     line.push('\n');
-    w.write_all(line.as_bytes()).await
+    tokio::time::timeout(REQUEST_DEADLINE, w.write_all(line.as_bytes()))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a client did not read its reply within 10s; closing",
+            )
+        })?
+}
+
+/// Answers with `why`, then closes; the error makes the caller log it.
+async fn refuse(w: &mut OwnedWriteHalf, why: &str) -> io::Result<()> {
+    send(w, &Err(Failure::new(why))).await?;
+    Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string()))
 }
 
 /// `bad request: ...` for a line that is not a request.
@@ -140,18 +154,14 @@ async fn handle(stream: UnixStream, control: &Control) -> io::Result<()> {
         let mut limited = (&mut r).take(MAX_REQUEST as u64 + 1);
         let read = limited.read_until(b'\n', &mut line);
         let n = match tokio::time::timeout(REQUEST_DEADLINE, read).await {
-            Err(_) => {
-                let late = Failure::new("no complete request line within 10s; closing");
-                return send(&mut w, &Err(late)).await;
-            }
+            Err(_) => return refuse(&mut w, "no complete request line within 10s; closing").await,
             Ok(r) => r?,
         };
         if n == 0 {
             return Ok(());
         }
         if line.len() > MAX_REQUEST {
-            let long = Failure::new("request longer than 64 KiB; closing");
-            return send(&mut w, &Err(long)).await;
+            return refuse(&mut w, "request longer than 64 KiB; closing").await;
         }
         let reply = match parse(&line) {
             Ok(request) => control.handle(request).await,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::sync::Mutex;
 use toml_edit::DocumentMut;
 
@@ -346,11 +346,8 @@ impl Control {
         })
     }
 
-    /// SIGHUP does what `moat ctl reload` does.
-    pub async fn reload_on_sighup(self: Arc<Self>) {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
+    /// SIGHUP (`hup`, installed at start) does what `moat ctl reload` does.
+    pub async fn reload_on(self: Arc<Self>, mut hup: Signal) {
         while hup.recv().await.is_some() {
             if let Err(e) = self.reload().await {
                 events::reload_failed(&e.to_string().replace('\n', "; "));

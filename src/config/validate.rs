@@ -525,3 +525,65 @@ fn cidrs(bad: &mut Vec<Invalid>, key: &str, list: &[String]) -> Vec<IpNet> {
     }
     nets
 }
+
+impl Config {
+    /// Files that others could read or change under moat: a private key (or its password
+    /// file) readable by group or other, and an admin socket directory that users other
+    /// than its owner can write, so they could put their own socket where `moat ctl`
+    /// looks for moat's. Not errors (`moat check` prints them as warnings): a file mode
+    /// is easily fixed and not always wrong (a key shared with a group on purpose).
+    pub fn permission_warnings(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        for (i, d) in self.tls.domains.iter().enumerate() {
+            let secrets = [
+                ("key", Some(&d.key)),
+                ("key_password_file", d.key_password_file.as_ref()),
+            ];
+            for (key, path) in secrets {
+                let Some((path, mode)) = path.and_then(|p| Some((p, file_mode(p)?))) else {
+                    continue;
+                };
+                if let Some(who) = others(mode, 0o044) {
+                    out.push(Invalid::new(
+                        format!("tls.domains[{i}].{key}"),
+                        format!(
+                            "{} is readable by {who} (mode {mode:04o}): make it private to moat's user (chmod 600)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let dir = self.admin.socket.as_deref().and_then(Path::parent);
+        if let Some((dir, mode)) = dir.and_then(|d| Some((d, file_mode(d)?))) {
+            if let Some(who) = others(mode, 0o022) {
+                out.push(Invalid::new(
+                    "admin.socket",
+                    format!(
+                        "{} can be written by {who} (mode {mode:04o}): they could put their own socket where moat ctl looks for moat's; use a directory only moat's user can write (e.g. /run/moat, 0700)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A file's permission bits; `None` when it cannot be read (`moat check` reports that).
+fn file_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
+}
+
+/// Who besides the owner has the access in `bits` (group and other bits of one kind).
+fn others(mode: u32, bits: u32) -> Option<&'static str> {
+    match (mode & bits & 0o070 != 0, mode & bits & 0o007 != 0) {
+        (true, true) => Some("its group and all users"),
+        (true, false) => Some("its group"),
+        (false, true) => Some("all users"),
+        (false, false) => None,
+    }
+}
