@@ -735,3 +735,139 @@ pub fn moat_check(path: &Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A secantusdb that can be stopped and started again on the same port and data directory,
+/// for upstream-failure tests.
+pub struct StoppableMongo {
+    proc: Option<Proc>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl StoppableMongo {
+    /// Without authentication, on 127.0.0.1:random, data kept in a temporary directory.
+    pub fn start() -> StoppableMongo {
+        let dir = tempdir();
+        let mut m = StoppableMongo {
+            proc: None,
+            port: 0,
+            dir,
+        };
+        m.restart();
+        m
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(venv().join("bin/secantusd-py"));
+        cmd.current_dir(self.dir.path())
+            .args(["--host", "127.0.0.1", "--standalone", "--port"])
+            .arg(self.port.to_string())
+            .arg("--storage-path")
+            .arg(self.dir.path().join("data"));
+        cmd
+    }
+
+    /// Starts it (again) on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        let proc = Proc::spawn(&mut self.command());
+        let line = proc
+            .lines
+            .wait_for("secantus listening on 127.0.0.1:", DEADLINE);
+        self.port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        self.proc = Some(proc);
+    }
+
+    /// Sends `sig` ("TERM", "KILL") and waits for the process to exit.
+    pub fn stop(&mut self, sig: &str) {
+        let mut p = self.proc.take().expect("not running");
+        p.signal(sig);
+        p.wait_exit(DEADLINE);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Open descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `[metrics]` on 127.0.0.1:random with the upstream probed every 100 ms.
+pub const METRICS_FAST: &str =
+    "[metrics]\nlisten = \"127.0.0.1:0\"\nreadiness_interval = \"100ms\"\n";
+
+/// The metrics address from moat's "metrics and health on http://ADDR/" line.
+pub fn moat_metrics_addr(m: &Moat) -> SocketAddr {
+    let line = m
+        .lines()
+        .wait_for("metrics and health on http://", DEADLINE);
+    line.split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tcp(addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One sample of the Prometheus text at `addr/metrics`, by its printed `name{labels}`
+/// (0 when absent).
+pub fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `/readyz` until its status is `want`; returns the body.
+pub fn wait_readyz(addr: SocketAddr, want: u16) -> String {
+    let mut body = String::new();
+    wait_until(&format!("/readyz {want}"), DEADLINE, || {
+        let (status, b) = http_get(addr, "/readyz");
+        body = b;
+        status == want
+    });
+    body
+}
