@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import bson
@@ -348,6 +349,12 @@ level = "{log_level}"
                 out[k] = float(v)
         return out
 
+    def ready(self):
+        try:
+            return urllib.request.urlopen("http://%s/readyz" % self.metrics, timeout=5).status == 200
+        except urllib.error.HTTPError:
+            return False
+
     def served_fingerprint(self):
         """The SHA-256 of the certificate a new TLS connection gets. The connection does a
         hello round trip before it closes, as a driver would: closing right after the
@@ -520,11 +527,11 @@ def main():
         direct.close()
 
         moat = Moat(binary, tmp, mport, a.log_level)
-        wait("/readyz", lambda: urllib.request.urlopen(
-            "http://%s/readyz" % moat.metrics, timeout=5).status == 200)
+        wait("/readyz", moat.ready)
         pid = moat.child.proc.pid
         before = proc_figures(pid)
         samples0 = moat.samples()
+        load_avg = [os.getloadavg()[0]]
 
         base = ("mongodb://localhost:%d/?directConnection=true&retryReads=false"
                 "&retryWrites=false&serverSelectionTimeoutMS=10000" % moat.port)
@@ -578,6 +585,7 @@ def main():
         wait("moat's client connections to close", lambda: not moat.client_connections())
         after = proc_figures(pid)
         samples1 = moat.samples()
+        load_avg.append(os.getloadavg()[0])
     finally:
         stop.set()
         for pr in procs:
@@ -645,6 +653,8 @@ def main():
         "errors": errors,
         "drops": drops,
         "moat": binary,
+        "load_average_1m": {"before": load_avg[0], "after": load_avg[1]},
+        "cpus": os.cpu_count(),
         "ok": ok and failed == 0 and dropped_tls == 0 and dropped_plain == 0 and rejected == 0,
     }
 
@@ -665,6 +675,8 @@ def main():
     print("moat: refused %d, connection errors logged %d, RSS %d → %d KiB, descriptors "
           "%d → %d" % (rejected, conn_errors, before[0], after[0], before[1], after[1]))
     print("steps: %s" % ", ".join("%s %d" % kv for kv in sorted(counts.items())))
+    print("machine: %d CPUs, 1-minute load average %.1f before, %.1f after" % (
+        os.cpu_count(), load_avg[0], load_avg[1]))
     for e in errors:
         print("error: " + e)
     for d in drops:

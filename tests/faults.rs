@@ -640,6 +640,7 @@ fn sigterm_under_load_finishes_open_operations_and_refuses_new_connections() {
     let status = m.proc.wait_exit(DEADLINE);
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    eprintln!("drained and exited {:?} after SIGTERM", t0.elapsed());
     m.lines()
         .wait_for("shutdown complete: all connections ended", DEADLINE);
 }

@@ -46,7 +46,10 @@ fn a_full_tls_rollout_under_load_fails_no_operation_and_drops_no_connection() {
     }
     // Throughput never stopped: every window did work.
     for w in v["windows_ops_s"].as_array().unwrap() {
-        assert!(w.as_f64().unwrap() > 0.0, "a window without operations: {printed}");
+        assert!(
+            w.as_f64().unwrap() > 0.0,
+            "a window without operations: {printed}"
+        );
     }
     // Every client connection ended; moat holds no more descriptors than before the load
     // (one more if its readiness probe was connecting at that instant).
