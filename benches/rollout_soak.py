@@ -586,6 +586,9 @@ def main():
         after = proc_figures(pid)
         samples1 = moat.samples()
         load_avg.append(os.getloadavg()[0])
+    except BaseException:
+        print("aborted; logs and config kept in " + tmp, file=sys.stderr)
+        raise
     finally:
         stop.set()
         for pr in procs:
