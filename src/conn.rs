@@ -42,6 +42,12 @@ const REQUIRE_TLS_READ_MAX: usize = 64 * 1024;
 /// How long to wait for a refused plaintext client to close after the error reply.
 const REQUIRE_TLS_LINGER: Duration = Duration::from_secs(2);
 
+/// What a client waiting for its first reply is told when moat cannot connect to mongod.
+/// The address and the OS error stay in moat's log: an unauthenticated client learns only
+/// that the node is down.
+pub const UPSTREAM_UNREACHABLE_MESSAGE: &str = "moat cannot reach the mongod behind it \
+(upstream unavailable, see moat's log): this connection is closed, retry later";
+
 /// What a requireSSL server tells a plaintext client.
 pub const TLS_REQUIRED_MESSAGE: &str = "This MongoDB server requires TLS (moat mode requireSSL): \
 reconnect with TLS enabled, e.g. mongodb://HOST:PORT/?tls=true (add tlsCAFile=ca.pem if the \
@@ -60,8 +66,9 @@ pub enum ConnError {
     NoCertificates,
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
-    #[error("cannot reach the upstream: {0}")]
-    Upstream(io::Error),
+    /// `answered`: the client's first message got a HostUnreachable reply before the close.
+    #[error("cannot reach the upstream: {error}")]
+    Upstream { error: io::Error, answered: bool },
     #[error("PROXY protocol header from a source not in listen.proxy_protocol_from")]
     UntrustedProxyHeader,
     /// requireSSL: the plaintext client went away before its error reply was sent.
@@ -75,6 +82,14 @@ pub enum ConnError {
 }
 
 impl ConnError {
+    /// The upstream could not be reached (the client not answered yet).
+    pub fn unreachable(error: io::Error) -> ConnError {
+        ConnError::Upstream {
+            error,
+            answered: false,
+        }
+    }
+
     /// The `moat_connections_rejected_total` reason, for errors before forwarding began.
     fn reason(&self) -> Option<RejectReason> {
         Some(match self {
@@ -83,7 +98,7 @@ impl ConnError {
             // A plaintext client that is not MongoDB, while TLS is required.
             ConnError::NotMongoDb(_) => RejectReason::TlsRequired,
             ConnError::NoCertificates | ConnError::Tls(_) => RejectReason::TlsError,
-            ConnError::Upstream(_) => RejectReason::UpstreamUnavailable,
+            ConnError::Upstream { .. } => RejectReason::UpstreamUnavailable,
             ConnError::UntrustedProxyHeader => RejectReason::ProxyHeader,
             ConnError::TlsRequiredCut(_) => RejectReason::TlsRequired,
             ConnError::Idle(_) | ConnError::Io(_) => return None,
@@ -119,8 +134,8 @@ impl ConnError {
                 &"no certificate is configured ([[tls.domains]] is empty)",
             ),
             ConnError::Tls(e) => events::tls_failed(id, peer, &tls::explain(&e)),
-            ConnError::Upstream(e) => {
-                events::upstream_unavailable(id, &settings.upstream.to_string(), &e)
+            ConnError::Upstream { error, answered } => {
+                events::upstream_unavailable(id, &settings.upstream.to_string(), &error, answered)
             }
             ConnError::UntrustedProxyHeader => events::refused_proxy_header(
                 peer,
@@ -248,11 +263,11 @@ impl Dial for UpstreamDial<'_> {
         let started = std::time::Instant::now();
         let r = upstream::connect(&settings.upstream, settings.connect_timeout).await;
         shared.readiness.record(r.as_ref().map(|_| ()));
-        let upstream = r.map_err(ConnError::Upstream)?;
+        let upstream = r.map_err(ConnError::unreachable)?;
         shared.metrics.upstream_connected(started.elapsed());
         if let Upstream::Tcp(s) = &upstream {
             // mongod on another host (or its host gone) must not pin the client forever.
-            enable_keepalive(s, settings.tcp_keepalive).map_err(ConnError::Upstream)?;
+            enable_keepalive(s, settings.tcp_keepalive).map_err(ConnError::unreachable)?;
         }
         Ok(upstream)
     }
@@ -291,7 +306,10 @@ where
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
             let mut stream = accept_tls(client, deadline, conn, shared).await?;
-            let upstream = dial.dial().await?;
+            let upstream = match dial.dial().await {
+                Ok(u) => u,
+                Err(e) => return Err(answer_unreachable(&mut stream, deadline, e).await),
+            };
             shared.metrics.accepted(transport);
             forward(&mut stream, upstream, conn, shared, settings, inspect).await
         }
@@ -303,9 +321,12 @@ where
             forward(&mut client, upstream, conn, shared, settings, false).await
         }
         Action::ForwardPlaintext => {
-            let upstream = dial.dial().await?;
-            shared.metrics.accepted(transport);
             let mut client = client;
+            let upstream = match dial.dial().await {
+                Ok(u) => u,
+                Err(e) => return Err(answer_unreachable(&mut client, deadline, e).await),
+            };
+            shared.metrics.accepted(transport);
             forward(&mut client, upstream, conn, shared, settings, inspect).await
         }
         Action::ReplyTlsRequired => {
@@ -499,35 +520,82 @@ async fn reply_tls_required<S>(mut client: Prefixed<S>, deadline: Instant) -> Re
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let body = reply::error_document(
+        reply::SSL_HANDSHAKE_FAILED,
+        "SSLHandshakeFailed",
+        TLS_REQUIRED_MESSAGE,
+    );
+    answer_first_message(&mut client, deadline, &body)
+        .await
+        .map_err(|e| match e {
+            Unanswered::Timeout => ConnError::HandshakeTimeout,
+            Unanswered::NotMongoDb(why) => ConnError::NotMongoDb(why),
+            Unanswered::Cut(e) => ConnError::TlsRequiredCut(e),
+        })
+}
+
+/// The upstream could not be reached before the client was sent a byte: a driver waiting
+/// for the reply to its handshake gets mongod's HostUnreachable (code 6) with the reason,
+/// instead of a bare close it would report as a network error. Other dial errors, and a
+/// client that does not send a MongoDB message within the handshake deadline, get a close.
+async fn answer_unreachable<S>(client: &mut S, deadline: Instant, e: ConnError) -> ConnError
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ConnError::Upstream { error, .. } = e else {
+        return e;
+    };
+    let body = reply::error_document(
+        reply::HOST_UNREACHABLE,
+        "HostUnreachable",
+        UPSTREAM_UNREACHABLE_MESSAGE,
+    );
+    let answered = answer_first_message(client, deadline, &body).await.is_ok();
+    ConnError::Upstream { error, answered }
+}
+
+/// Why a client's first message went unanswered.
+enum Unanswered {
+    Timeout,
+    NotMongoDb(String),
+    Cut(io::Error),
+}
+
+/// Reads the client's first MongoDB message (within `deadline`), answers it with `body`
+/// framed as the reply to it, closes the write side (FIN; close_notify first over TLS) and
+/// lets the client read the reply and leave.
+async fn answer_first_message<S>(
+    client: &mut S,
+    deadline: Instant,
+    body: &bson::Document,
+) -> Result<(), Unanswered>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let header = loop {
-        read_more(&mut client, &mut buf, deadline).await?;
+        read_more(client, &mut buf, deadline).await?;
         match Header::parse(&buf) {
             Ok(h) => break h,
-            Err(WireError::Invalid(why)) => return Err(ConnError::NotMongoDb(why)),
+            Err(WireError::Invalid(why)) => return Err(Unanswered::NotMongoDb(why)),
             Err(WireError::Incomplete { .. }) => {}
         }
     };
     // Take in the whole request: closing a socket with unread input sends a reset, which
     // could destroy the reply before the client reads it.
     while buf.len() < header.length.min(REQUIRE_TLS_READ_MAX) {
-        read_more(&mut client, &mut buf, deadline).await?;
+        read_more(client, &mut buf, deadline).await?;
     }
     drop(buf);
-    let body = reply::error_document(
-        reply::SSL_HANDSHAKE_FAILED,
-        "SSLHandshakeFailed",
-        TLS_REQUIRED_MESSAGE,
-    );
-    let out = reply::reply_to(&header, 0, &body);
+    let out = reply::reply_to(&header, 0, body);
     let send = async {
         client.write_all(&out).await?;
         client.shutdown().await
     };
     timeout_at(deadline, send)
         .await
-        .map_err(|_| ConnError::HandshakeTimeout)?
-        .map_err(ConnError::TlsRequiredCut)?;
+        .map_err(|_| Unanswered::Timeout)?
+        .map_err(Unanswered::Cut)?;
     // Let the client read the reply and close first; discard whatever else it sends.
     let _ = timeout(REQUIRE_TLS_LINGER, async {
         let mut sink = [0u8; 512];
@@ -541,12 +609,12 @@ async fn read_more<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
-) -> Result<(), ConnError> {
+) -> Result<(), Unanswered> {
     buf.reserve(SNIFF_BUF);
     match timeout_at(deadline, client.read_buf(buf)).await {
-        Err(_) => Err(ConnError::HandshakeTimeout),
-        Ok(Err(e)) => Err(ConnError::TlsRequiredCut(e)),
-        Ok(Ok(0)) => Err(ConnError::TlsRequiredCut(io::Error::new(
+        Err(_) => Err(Unanswered::Timeout),
+        Ok(Err(e)) => Err(Unanswered::Cut(e)),
+        Ok(Ok(0)) => Err(Unanswered::Cut(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("closed after {} of its first message's bytes", buf.len()),
         ))),
@@ -598,7 +666,19 @@ mod tests {
         type Stream = DuplexStream;
         async fn dial(&self) -> Result<DuplexStream, ConnError> {
             let end = self.0.lock().ok().and_then(|mut p| p.take());
-            end.ok_or_else(|| ConnError::Upstream(io::ErrorKind::NotConnected.into()))
+            end.ok_or_else(|| ConnError::unreachable(io::ErrorKind::NotConnected.into()))
+        }
+    }
+
+    /// An upstream that refuses every connect.
+    struct Down;
+
+    impl Dial for Down {
+        type Stream = DuplexStream;
+        async fn dial(&self) -> Result<DuplexStream, ConnError> {
+            Err(ConnError::unreachable(
+                io::ErrorKind::ConnectionRefused.into(),
+            ))
         }
     }
 
@@ -611,7 +691,7 @@ mod tests {
     /// Serves one in-memory client connection in `mode`; the test holds the client's end.
     async fn serve_one(
         mode: Mode,
-        dial: &Pipe,
+        dial: &impl Dial,
         client: DuplexStream,
     ) -> (Result<(), ConnError>, Arc<Conn>) {
         let shared = shared(mode);
@@ -701,6 +781,60 @@ mod tests {
         assert_eq!(doc.get_i32("code").unwrap(), 141);
         assert_eq!(doc.get_str("errmsg").unwrap(), TLS_REQUIRED_MESSAGE);
         assert!(dial.0.lock().unwrap().is_some(), "mongod was never dialled");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_answers_the_first_message_with_host_unreachable_then_fin() {
+        let (mut client, server_side) = duplex(1 << 16);
+        let reader = tokio::spawn(async move {
+            client.write_all(&op_msg(100)).await.unwrap();
+            let mut reply = Vec::new();
+            // EOF after the reply: moat closed with a FIN, not a reset.
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let (r, _) = serve_one(Mode::PreferSsl, &Down, server_side).await;
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, ConnError::Upstream { answered: true, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.reason(), Some(RejectReason::UpstreamUnavailable));
+        let reply = reader.await.unwrap();
+        let h = Header::parse(&reply).unwrap();
+        assert_eq!(
+            (h.op_code, h.response_to, h.length),
+            (OpCode::Msg, 7, reply.len())
+        );
+        let doc = bson::Document::from_reader(&reply[21..]).unwrap();
+        assert_eq!(doc.get_f64("ok").unwrap(), 0.0);
+        assert_eq!(doc.get_i32("code").unwrap(), 6);
+        assert_eq!(doc.get_str("codeName").unwrap(), "HostUnreachable");
+        assert_eq!(doc.get_str("errmsg").unwrap(), UPSTREAM_UNREACHABLE_MESSAGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_upstream_and_a_silent_client_is_a_close_at_the_deadline() {
+        let (mut client, server_side) = duplex(1 << 16);
+        // Half a header: the client is TLS-less MongoDB, but never finishes its message.
+        client.write_all(&op_msg(100)[..8]).await.unwrap();
+        let started = Instant::now();
+        let (r, _) = serve_one(Mode::PreferSsl, &Down, server_side).await;
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConnError::Upstream {
+                    answered: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no reply: {rest:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -234,12 +234,18 @@ pub fn tls_failed(conn: u64, peer: SocketAddr, error: &dyn fmt::Display) {
     );
 }
 
-pub fn upstream_unavailable(conn: u64, upstream: &str, error: &dyn fmt::Display) {
+/// `answered`: the client's first message got a HostUnreachable error reply before the close.
+pub fn upstream_unavailable(conn: u64, upstream: &str, error: &dyn fmt::Display, answered: bool) {
+    let then = if answered {
+        "answered the client's first message with HostUnreachable and closed the connection"
+    } else {
+        "closing the client connection"
+    };
     tracing::error!(
         c = "NETWORK", id = ids::UPSTREAM_UNAVAILABLE, ctx = %ConnCtx(conn),
         msg = "Upstream unavailable",
-        upstream, reason = "upstream_unavailable", error = %error,
-        "cannot reach upstream {upstream}: {error}; closing the client connection"
+        upstream, reason = "upstream_unavailable", error = %error, answered,
+        "cannot reach upstream {upstream}: {error}; {then}"
     );
 }
 

@@ -256,16 +256,18 @@ fn unix_socket_upstream() {
 }
 
 #[test]
-fn upstream_down_closes_the_client_promptly_and_says_why() {
+fn upstream_down_answers_the_client_promptly_and_says_why() {
     let pki = Pki::new();
     let dead = closed_port();
     let moat = Moat::start(&config(&dead.addr(), "preferSSL", &pki, ""));
     let mut s = tcp(moat.addr);
     let t0 = Instant::now();
     s.write_all(&op_msg_hello(1)).unwrap();
+    let reply = read_op_msg(&mut s);
+    assert_eq!(reply.get_str("codeName").unwrap(), "HostUnreachable");
     let mut buf = [0u8; 16];
     let n = s.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "closed without a reply");
+    assert_eq!(n, 0, "closed after the reply");
     // Refused at once, not after connect_timeout (2s) or the driver's own timeout.
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     let line = moat.lines().wait_for("cannot reach upstream", DEADLINE);

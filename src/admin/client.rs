@@ -325,6 +325,9 @@ fn render_reload(r: &Reloaded) -> String {
             r.needs_restart.join(", ")
         ));
     }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
     out
 }
 

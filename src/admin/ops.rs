@@ -324,13 +324,18 @@ impl Control {
             events::mode_changed(previous, mode, "reload");
         }
         applied.push(format!("mode {mode}"));
+        let mut warnings = Vec::new();
         if let Some(e) = inventory_error {
-            new_plane.keep_last_good(&plane);
-            events::inventory_failed(
-                &new_plane.inventory_name(),
-                &e,
-                new_plane.inventory.interfaces,
-            );
+            // The inventory is refreshed on its own as soon as the file is good again, so
+            // a bad one does not hold back the rest (a certificate rotation, say).
+            let kept = new_plane.keep_last_good(&plane);
+            let interfaces = new_plane.inventory.interfaces;
+            events::inventory_failed(&new_plane.inventory_name(), &e, interfaces);
+            warnings.push(if kept {
+                format!("firewall.security_groups.inventory: {e}; the last good inventory ({interfaces} interfaces) stays in service")
+            } else {
+                format!("firewall.security_groups.inventory: {e}; security-group rules match no address until it can be read")
+            });
         }
         *plane = new_plane;
         self.shared
@@ -343,6 +348,7 @@ impl Control {
             applied,
             needs_restart,
             mode: mode.as_str().into(),
+            warnings,
         })
     }
 

@@ -244,6 +244,9 @@ pub struct Reloaded {
     pub applied: Vec<String>,
     pub needs_restart: Vec<String>,
     pub mode: String,
+    /// What was kept as it was instead (an unusable inventory), naming the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `rules.list`.
@@ -459,6 +462,7 @@ mod tests {
                     applied: vec!["mode preferSSL".into()],
                     needs_restart: vec!["listen.address".into()],
                     mode: "preferSSL".into(),
+                    warnings: vec!["firewall.security_groups.inventory: x".into()],
                 }),
             ),
             (

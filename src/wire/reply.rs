@@ -8,6 +8,9 @@ use super::header::{Header, OpCode, HEADER_LEN};
 /// mongod's `SSLHandshakeFailed`: what mongod reports when TLS is required and missing.
 pub const SSL_HANDSHAKE_FAILED: i32 = 141;
 
+/// mongod's `HostUnreachable`: what mongod reports when it cannot connect to a host it needs.
+pub const HOST_UNREACHABLE: i32 = 6;
+
 /// The command-failure document mongod sends: `{ok: 0, errmsg, code, codeName}`.
 pub fn error_document(code: i32, code_name: &str, errmsg: &str) -> Document {
     bson::doc! { "ok": 0.0, "errmsg": errmsg, "code": code, "codeName": code_name }

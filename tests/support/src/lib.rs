@@ -11,10 +11,12 @@
 //! - [`wire`]: raw TCP and MongoDB messages (hello round trips).
 //! - [`tls`]: a rustls client.
 //! - [`drivers`]: real clients: pymongo 4.x and 3.11, mongosh.
+//! - [`http`]: moat's metrics and health endpoint.
 //!
 //! Test files import it all with `use moat_test_support::*;`.
 
 pub mod drivers;
+pub mod http;
 pub mod pki;
 pub mod proc;
 pub mod servers;
@@ -22,6 +24,7 @@ pub mod tls;
 pub mod wire;
 
 pub use drivers::*;
+pub use http::*;
 pub use pki::*;
 pub use proc::*;
 pub use servers::*;

@@ -310,3 +310,61 @@ pub fn closed_port() -> ClosedPort {
         addr,
     }
 }
+
+/// A secantusdb that can be stopped and started again on the same port and data directory,
+/// for upstream-failure tests.
+pub struct StoppableMongo {
+    proc: Option<Proc>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl StoppableMongo {
+    /// Without authentication, on 127.0.0.1:random, data kept in a temporary directory.
+    pub fn start() -> StoppableMongo {
+        let dir = tempdir();
+        let mut m = StoppableMongo {
+            proc: None,
+            port: 0,
+            dir,
+        };
+        m.restart();
+        m
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(venv().join("bin/secantusd-py"));
+        cmd.current_dir(self.dir.path())
+            .args(["--host", "127.0.0.1", "--standalone", "--port"])
+            .arg(self.port.to_string())
+            .arg("--storage-path")
+            .arg(self.dir.path().join("data"));
+        cmd
+    }
+
+    /// Starts it (again) on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "already running");
+        let proc = Proc::spawn(&mut self.command());
+        let line = proc
+            .lines
+            .wait_for("secantus listening on 127.0.0.1:", DEADLINE);
+        self.port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        self.proc = Some(proc);
+    }
+
+    /// Sends `sig` ("TERM", "KILL") and waits for the process to exit.
+    pub fn stop(&mut self, sig: &str) {
+        let mut p = self.proc.take().expect("not running");
+        p.signal(sig);
+        p.wait_exit(DEADLINE);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
