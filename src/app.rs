@@ -21,7 +21,6 @@ use crate::shared::{Settings, Shared};
 use crate::shutdown::{self, Signals};
 use crate::telemetry::LogHandle;
 use crate::tls::Resumption;
-use crate::upstream;
 
 /// Listen backlog: room for a burst of reconnecting drivers.
 const BACKLOG: u32 = 4096;
@@ -133,8 +132,6 @@ pub async fn serve(
     plane.log_inventory(inventory_error.as_ref(), &firewall);
     events::firewall_summary(&firewall);
 
-    let (probe, timeout) = (settings.upstream.clone(), settings.connect_timeout);
-    tokio::task::spawn_blocking(move || upstream::warn_if_self_advertised(&probe, timeout));
     let shared = Shared::new(settings, mode, tls, firewall);
     let (trigger, shutdown) = shutdown::channel();
     let ((term, int), hup) = signals.split();

@@ -39,7 +39,7 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
     }
     let timeout = loaded.config.upstream.connect_timeout;
     let self_advertised = upstream::advertised(&loaded.upstream, timeout)
-        .map(|a| a.naming(&loaded.upstream))
+        .map(|a| a.naming(&loaded.upstream, true))
         .unwrap_or_default();
     Ok(Report {
         path: path.display().to_string(),

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
 use crate::firewall::normalize_addr;
-use crate::inspect::{AuthWatch, InspectTap};
+use crate::inspect::{InspectTap, Watch};
 use crate::policy::{self, Action, RejectReason, Transport};
 use crate::prefixed::Prefixed;
 use crate::proxy::{self, CopyError};
@@ -491,9 +491,11 @@ where
 {
     let (i, o) = (&conn.bytes_in, &conn.bytes_out);
     let tap: proxy::TapSlot<'_> = if inspect {
-        let watch = AuthWatch {
+        let watch = Watch {
             throttle: &shared.throttle,
             policy: &settings.throttle,
+            upstream: &settings.upstream,
+            self_advertised_warned: &shared.self_advertised_warned,
         };
         Some(Box::new(InspectTap::new(
             conn.clone(),

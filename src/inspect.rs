@@ -6,11 +6,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::sync::atomic::AtomicBool;
+
+use crate::config::UpstreamAddr;
 use crate::events;
 use crate::metrics::Metrics;
 use crate::proxy::{Direction, Tap};
 use crate::registry::Conn;
 use crate::throttle::{Policy, Throttle, Verdict};
+use crate::upstream;
 use crate::wire::framer::{Framer, Stop};
 use crate::wire::handshake::{Finding, Inspector, Next, MAX_METADATA_BYTES, MAX_METADATA_DEPTH};
 use crate::wire::message;
@@ -18,18 +22,22 @@ use crate::wire::message;
 /// Largest message inspection reads: handshake messages are far smaller.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
-/// Where failed authentications are counted against their source.
+/// What the findings feed besides the log: failed authentications are counted against
+/// their source, and the replica-set members a hello reply advertises are checked against
+/// the upstream address (warned about once per process).
 #[derive(Clone, Copy)]
-pub struct AuthWatch<'a> {
+pub struct Watch<'a> {
     pub throttle: &'a Throttle,
     pub policy: &'a Policy,
+    pub upstream: &'a UpstreamAddr,
+    pub self_advertised_warned: &'a AtomicBool,
 }
 
 /// The inspection of one connection.
 pub struct InspectTap<'a> {
     conn: Arc<Conn>,
     metrics: &'a Metrics,
-    watch: Option<AuthWatch<'a>>,
+    watch: Option<Watch<'a>>,
     peer: SocketAddr,
     inspector: Inspector,
     from_client: Framer,
@@ -42,7 +50,7 @@ impl<'a> InspectTap<'a> {
         conn: Arc<Conn>,
         peer: SocketAddr,
         metrics: &'a Metrics,
-        watch: Option<AuthWatch<'a>>,
+        watch: Option<Watch<'a>>,
     ) -> InspectTap<'a> {
         let subject = conn.tls.get().and_then(|t| t.client_subject.clone());
         InspectTap {
@@ -78,6 +86,15 @@ impl<'a> InspectTap<'a> {
                     too_deep,
                     MAX_METADATA_DEPTH,
                 ),
+                Finding::Members(members) => {
+                    if let Some(w) = self.watch {
+                        upstream::warn_once_if_self_advertised(
+                            members,
+                            w.upstream,
+                            w.self_advertised_warned,
+                        );
+                    }
+                }
                 Finding::AuthSucceeded(a) => {
                     self.metrics.auth(a.mechanism_label(), true);
                     events::auth_succeeded(

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bufpool;
 pub mod certgen;
 pub mod check;
 pub mod cli;

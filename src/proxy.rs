@@ -13,11 +13,9 @@
 //! in a wakeup, and one sleep, when it fires, either ends the copy or is moved to the last
 //! activity plus the timeout.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -25,58 +23,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, Instant};
 
+use crate::bufpool::PoolBuf;
 use crate::registry::ByteSink;
-
-/// Size of one copy buffer: four full TLS records, so a TLS write produces full records
-/// and a read of plaintext from TLS takes everything rustls has decrypted.
-pub const BUF_SIZE: usize = 64 * 1024;
-
-/// Buffers kept per worker thread for reuse (the rest are freed).
-const POOL_MAX: usize = 32;
-
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A copy buffer borrowed from this thread's pool; returned to the pool of whichever
-/// thread drops it.
-struct PoolBuf(Option<Box<[u8]>>);
-
-impl PoolBuf {
-    fn take() -> PoolBuf {
-        let b = POOL
-            .with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
-            .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice());
-        PoolBuf(Some(b))
-    }
-}
-
-impl Drop for PoolBuf {
-    fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            POOL.with(|p| {
-                if let Ok(mut p) = p.try_borrow_mut() {
-                    if p.len() < POOL_MAX {
-                        p.push(b);
-                    }
-                }
-            });
-        }
-    }
-}
-
-impl Deref for PoolBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or(&[])
-    }
-}
-
-impl DerefMut for PoolBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or(&mut [])
-    }
-}
 
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -537,15 +485,5 @@ mod tests {
         );
         // The client sees the end: the copy no longer holds its side.
         assert_eq!(client.read(&mut one).await.unwrap(), 0);
-    }
-
-    #[test]
-    fn pool_reuses_buffers_on_one_thread() {
-        let a = PoolBuf::take();
-        let ptr = a.as_ptr();
-        drop(a);
-        let b = PoolBuf::take();
-        assert_eq!(b.as_ptr(), ptr);
-        assert_eq!(b.len(), BUF_SIZE);
     }
 }

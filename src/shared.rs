@@ -83,6 +83,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// Sources that failed authentication too often.
     pub throttle: Throttle,
+    /// The upstream was found advertising its own address (said once).
+    pub self_advertised_warned: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -105,6 +107,7 @@ impl Shared {
             metrics: Metrics::new(),
             readiness: Readiness::default(),
             throttle: Throttle::default(),
+            self_advertised_warned: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::UpstreamAddr;
 use crate::events;
@@ -125,14 +126,22 @@ pub struct Advertised {
 
 impl Advertised {
     /// The advertised members that are the upstream address itself: drivers that discover
-    /// the set from `hello` would connect there, around moat.
-    pub fn naming(&self, addr: &UpstreamAddr) -> Vec<String> {
+    /// the set from `hello` would connect there, around moat. With `resolve`, names are
+    /// looked up too (a blocking lookup: `moat check` only); without, only the upstream's
+    /// own name and IP literals match (the data path).
+    pub fn naming(&self, addr: &UpstreamAddr, resolve: bool) -> Vec<String> {
         let UpstreamAddr::Tcp { name, addrs } = addr else {
             return Vec::new();
         };
         let is_upstream = |h: &str| {
-            h.eq_ignore_ascii_case(name)
-                || h.to_socket_addrs()
+            if h.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            if let Ok(a) = h.parse::<std::net::SocketAddr>() {
+                return addrs.contains(&a);
+            }
+            resolve
+                && h.to_socket_addrs()
                     .map(|mut resolved| resolved.any(|a| addrs.contains(&a)))
                     .unwrap_or(false)
         };
@@ -226,13 +235,22 @@ fn hello_request() -> Vec<u8> {
     out
 }
 
-/// Warns when the upstream's `hello` names the upstream address itself (a probe at start;
-/// an unreachable upstream says nothing here: readiness reports that).
-pub fn warn_if_self_advertised(upstream: &UpstreamAddr, timeout: Duration) {
-    if let Ok(advertised) = advertised(upstream, timeout) {
-        let named = advertised.naming(upstream);
-        if !named.is_empty() {
-            events::upstream_self_advertised(&upstream.to_string(), &named);
-        }
+/// Warns, once per process, when a hello reply the inspector saw names the upstream
+/// address itself among the replica set's members.
+pub fn warn_once_if_self_advertised(
+    members: Vec<String>,
+    addr: &UpstreamAddr,
+    warned: &AtomicBool,
+) {
+    if warned.load(Ordering::Relaxed) {
+        return;
+    }
+    let advertised = Advertised {
+        hosts: members,
+        me: None,
+    };
+    let named = advertised.naming(addr, false);
+    if !named.is_empty() && !warned.swap(true, Ordering::Relaxed) {
+        events::upstream_self_advertised(&addr.to_string(), &named);
     }
 }

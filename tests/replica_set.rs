@@ -139,12 +139,23 @@ fn an_upstream_that_advertises_its_own_private_address_is_warned_about() {
     let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
     let pki = Pki::new();
     let moat = Moat::start(&config(&format!("127.0.0.1:{port}"), "preferSSL", &pki, ""));
+    // moat reads the members from the upstream's hello replies as they pass: a driver's
+    // first connection is enough (and costs the upstream no extra connection).
+    let r = pymongo(&uri("localhost", moat.port(), ""), &["ping"]);
+    assert!(r.ok, "{}", r.out);
     let warning = moat
         .lines()
         .wait_for("among its replica set's members", DEADLINE);
     assert!(
         warning.contains(&format!("lists 127.0.0.1:{port}")) && warning.contains("around moat"),
         "{warning}"
+    );
+    let r = pymongo(&uri("localhost", moat.port(), ""), &["ping"]);
+    assert!(r.ok, "{}", r.out);
+    assert_eq!(
+        moat.lines().count("among its replica set's members"),
+        1,
+        "said once"
     );
     let out = Command::new(moat_bin())
         .args(["check", "--config"])

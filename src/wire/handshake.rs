@@ -65,7 +65,13 @@ pub enum Finding {
         code_name: String,
         errmsg: String,
     },
+    /// The replica-set members a hello reply advertises (`hosts`, then `me`), at most
+    /// [`MAX_MEMBERS`] of them: moat checks them against its own upstream address.
+    Members(Vec<String>),
 }
+
+/// Replica-set members read from one hello reply (a set has at most 50).
+pub const MAX_MEMBERS: usize = 64;
 
 /// An authentication conversation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -232,6 +238,11 @@ impl Inspector {
         let Some(reply) = msg.reply() else {
             return Next::Done("unexpected reply format");
         };
+        if let Expect::Hello(_) = expect {
+            if let Some(members) = members(reply) {
+                out.push(Finding::Members(members));
+            }
+        }
         let i = match expect {
             Expect::Hello(None) => return Next::Continue,
             Expect::Hello(Some(i)) | Expect::Sasl(i) | Expect::Authenticate(i) => i,
@@ -357,6 +368,20 @@ fn conversation_id(doc: &RawDocument) -> Option<i64> {
         Ok(Some(RawBsonRef::Double(f))) if f.fract() == 0.0 && f.abs() < 1e15 => Some(f as i64),
         _ => None,
     }
+}
+
+/// `hosts` and `me` of a hello reply, bounded in count and length; `None` outside a set.
+fn members(reply: &RawDocument) -> Option<Vec<String>> {
+    let hosts = reply.get_array("hosts").ok()?;
+    let mut out: Vec<String> = hosts
+        .into_iter()
+        .filter_map(|h| h.ok()?.as_str().map(|h| bounded(h, MAX_NAME)))
+        .take(MAX_MEMBERS)
+        .collect();
+    if let Ok(me) = reply.get_str("me") {
+        out.push(bounded(me, MAX_NAME));
+    }
+    Some(out)
 }
 
 /// `ok: 1` in whatever numeric (or boolean) type the server used.
