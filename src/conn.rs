@@ -305,16 +305,18 @@ where
     let inspect = settings.inspect;
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
-            let mut stream = accept_tls(client, deadline, conn, shared).await?;
+            // Boxed: the handshake's state lives on the heap only while it runs, so the
+            // connection's task is sized for the copy, not for the handshake.
+            let mut stream = Box::pin(accept_tls(client, deadline, conn, shared)).await?;
             let upstream = match dial.dial().await {
                 Ok(u) => u,
-                Err(e) => return Err(answer_unreachable(&mut stream, deadline, e).await),
+                Err(e) => return Err(Box::pin(answer_unreachable(&mut stream, deadline, e)).await),
             };
             shared.metrics.accepted(transport);
             forward(&mut stream, upstream, conn, shared, settings, inspect).await
         }
         Action::PassThroughTls => {
-            let mut client = read_client_hello(client, deadline, conn).await?;
+            let mut client = Box::pin(read_client_hello(client, deadline, conn)).await?;
             let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
             // Encrypted end to end: nothing to inspect.
@@ -324,13 +326,13 @@ where
             let mut client = client;
             let upstream = match dial.dial().await {
                 Ok(u) => u,
-                Err(e) => return Err(answer_unreachable(&mut client, deadline, e).await),
+                Err(e) => return Err(Box::pin(answer_unreachable(&mut client, deadline, e)).await),
             };
             shared.metrics.accepted(transport);
             forward(&mut client, upstream, conn, shared, settings, inspect).await
         }
         Action::ReplyTlsRequired => {
-            reply_tls_required(client, deadline).await?;
+            Box::pin(reply_tls_required(client, deadline)).await?;
             Err(ConnError::Refused(RejectReason::TlsRequired))
         }
         Action::Refuse(reason) => Err(ConnError::Refused(reason)),
