@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
@@ -290,7 +290,10 @@ where
     let inspect = settings.inspect;
     match policy::decide(shared.mode(), transport) {
         Action::AcceptTls => {
-            let mut stream = accept_tls(client, deadline, conn, shared).await?;
+            let Some(mut stream) = accept_tls(client, deadline, conn, shared).await? else {
+                // An ACME CA's tls-alpn-01 check, answered: nothing to forward.
+                return Ok(());
+            };
             let upstream = dial.dial().await?;
             shared.metrics.accepted(transport);
             forward(&mut stream, upstream, conn, shared, settings, inspect).await
@@ -316,25 +319,63 @@ where
     }
 }
 
+/// A TLS handshake that ended: a client's, or an ACME CA's tls-alpn-01 check (answered).
+enum Handshake<S> {
+    Client(tokio_rustls::server::TlsStream<S>),
+    Challenge(String),
+}
+
+/// The handshake. While an ACME tls-alpn-01 challenge is pending, the ClientHello is read
+/// first and a CA's check (ALPN `acme-tls/1` for a pending name) gets the challenge
+/// certificate; every other client, and every client while nothing is pending (one atomic
+/// load), takes the normal path.
+async fn handshake<S>(client: S, shared: &Shared, server: &Arc<rustls::ServerConfig>) -> io::Result<Handshake<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let challenges = &shared.acme.challenges;
+    if challenges.is_idle() {
+        return TlsAcceptor::from(server.clone())
+            .accept(client)
+            .await
+            .map(Handshake::Client);
+    }
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await?;
+    let hello = start.client_hello();
+    match challenges.config_for(&hello) {
+        Some(config) => {
+            let name = hello.server_name().unwrap_or_default().to_string();
+            let mut s = start.into_stream(config).await?;
+            let _ = s.shutdown().await;
+            Ok(Handshake::Challenge(name))
+        }
+        None => start.into_stream(server.clone()).await.map(Handshake::Client),
+    }
+}
+
 /// The TLS handshake, within the connection's deadline; logs and records what was agreed.
+/// `None` when it was an ACME CA's challenge check, answered.
 async fn accept_tls<S>(
     client: S,
     deadline: Instant,
     conn: &Conn,
     shared: &Shared,
-) -> Result<tokio_rustls::server::TlsStream<S>, ConnError>
+) -> Result<Option<tokio_rustls::server::TlsStream<S>>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
     let started = std::time::Instant::now();
-    let accept = TlsAcceptor::from(tls.server.clone()).accept(client);
-    let handshake = timeout_at(deadline, accept)
+    let handshake = timeout_at(deadline, handshake(client, shared, &tls.server))
         .await
         .map_err(|_| ConnError::HandshakeTimeout)
         .and_then(|r| r.map_err(ConnError::Tls));
     let stream = match handshake {
-        Ok(s) => s,
+        Ok(Handshake::Client(s)) => s,
+        Ok(Handshake::Challenge(name)) => {
+            events::acme_challenge_answered(conn.id, conn.remote, &name);
+            return Ok(None);
+        }
         Err(e) => {
             shared
                 .metrics
@@ -372,7 +413,7 @@ where
         domain: domain.clone(),
         client_subject: client,
     });
-    Ok(stream)
+    Ok(Some(stream))
 }
 
 /// Most bytes read looking for a whole ClientHello (rustls refuses bigger ones anyway).

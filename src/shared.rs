@@ -83,6 +83,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// Sources that failed authentication too often.
     pub throttle: Throttle,
+    /// ACME: tls-alpn-01 answers in force, each domain's renewal status.
+    pub acme: crate::acme::State,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -105,6 +107,7 @@ impl Shared {
             metrics: Metrics::new(),
             readiness: Readiness::default(),
             throttle: Throttle::default(),
+            acme: crate::acme::State::default(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })
@@ -206,6 +209,7 @@ impl Shared {
         if let Some(tls) = self.tls() {
             tls.export(&mut s);
         }
+        self.acme.export(&mut s);
         self.firewall().export(&mut s);
         crate::telemetry::export(&mut s);
         let current = self.mode();
