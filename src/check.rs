@@ -71,6 +71,9 @@ impl fmt::Display for Report {
         for w in l.warnings() {
             writeln!(f, "warning: {w}")?;
         }
+        for w in crate::scope::shared_deployment_scopes(Path::new(&self.path), &l.config) {
+            writeln!(f, "warning: {w}")?;
+        }
         Ok(())
     }
 }

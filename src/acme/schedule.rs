@@ -78,7 +78,10 @@ pub fn due(served: Option<&Domain>, renew_before: Option<Duration>, now: i64) ->
     if leaf.not_after <= now {
         return Due::Now("the certificate has expired");
     }
-    Due::At(renewal_time(leaf.not_before, leaf.not_after, renew_before))
+    match renewal_time(leaf.not_before, leaf.not_after, renew_before) {
+        at if at <= now => Due::Now("inside its renewal window"),
+        at => Due::At(at),
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +113,67 @@ mod tests {
         assert_eq!(
             renewal_time(0, 90 * DAY, Some(Duration::from_secs(10 * DAY as u64))),
             80 * DAY
+        );
+    }
+
+    fn served(hostnames: &[&str], names: &[&str], not_before: i64, not_after: i64) -> Domain {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signing = crate::tls::provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        Domain {
+            name: "d".into(),
+            key: std::sync::Arc::new(rustls::sign::CertifiedKey::new(
+                vec![cert.der().clone()],
+                signing,
+            )),
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            not_after: Some(not_after),
+            serial: String::new(),
+            not_before: Some(not_before),
+            issuer: String::new(),
+            origin: Origin::Files,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_due_at_its_renewal_time_and_at_once_inside_the_window() {
+        let t0 = 1_900_000_000;
+        let d = served(&["*.x.moat.test"], &["*.x.moat.test"], t0, t0 + 90 * DAY);
+        assert_eq!(due(Some(&d), None, t0 + DAY), Due::At(t0 + 60 * DAY));
+        assert_eq!(
+            due(Some(&d), None, t0 + 60 * DAY),
+            Due::Now("inside its renewal window")
+        );
+        assert_eq!(
+            due(Some(&d), None, t0 + 91 * DAY),
+            Due::Now("the certificate has expired")
+        );
+    }
+
+    #[test]
+    fn a_missing_name_or_certificate_is_due_now() {
+        let t0 = 1_900_000_000;
+        let d = served(&["db1.moat.test", "db2.moat.test"], &["db1.moat.test"], t0, t0 + 90 * DAY);
+        assert_eq!(
+            due(Some(&d), None, t0 + DAY),
+            Due::Now("the configured hostnames changed")
+        );
+        assert_eq!(due(None, None, t0), Due::Now("no certificate yet"));
+        let mut kept = served(&["db1.moat.test"], &["db1.moat.test"], t0, t0 + 90 * DAY);
+        kept.origin = Origin::Kept;
+        assert_eq!(
+            due(Some(&kept), None, t0 + DAY),
+            Due::Now("its files are missing or unusable")
         );
     }
 

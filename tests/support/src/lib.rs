@@ -11,9 +11,11 @@
 //! - [`wire`]: raw TCP and MongoDB messages (hello round trips).
 //! - [`tls`]: a rustls client.
 //! - [`drivers`]: real clients: pymongo 4.x and 3.11, mongosh.
+//! - [`acme`]: an ACME CA (pebble) and its mock DNS (pebble-challtestsrv).
 //!
 //! Test files import it all with `use moat_test_support::*;`.
 
+pub mod acme;
 pub mod drivers;
 pub mod pki;
 pub mod proc;
@@ -21,6 +23,7 @@ pub mod servers;
 pub mod tls;
 pub mod wire;
 
+pub use acme::*;
 pub use drivers::*;
 pub use pki::*;
 pub use proc::*;
