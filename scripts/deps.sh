@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Test peers: openssl s_client, Debian's pymongo 3.11 (legacy OP_QUERY handshake),
-# promtool (from prometheus) to check the metrics exposition and alert rules.
-APT_PACKAGES=(openssl python3-pymongo prometheus)
+# promtool (from prometheus) to check the metrics exposition and alert rules, pebble and
+# pebble-challtestsrv (an ACME test CA and its mock DNS) for certificates from ACME.
+APT_PACKAGES=(openssl python3-pymongo prometheus pebble)
 
 need_apt() {
     local missing=()

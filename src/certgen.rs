@@ -291,7 +291,11 @@ fn key_pem(
         None
     } else {
         let password = random_password()?;
-        write_file(passfile, format!("{}\n", password.as_str()).as_bytes(), 0o600)?;
+        write_file(
+            passfile,
+            format!("{}\n", password.as_str()).as_bytes(),
+            0o600,
+        )?;
         Some(passfile.to_path_buf())
     };
     let password = crate::tls::certs::read_password(passfile).map_err(CertgenError::Key)?;

@@ -320,6 +320,9 @@ where
 }
 
 /// A TLS handshake that ended: a client's, or an ACME CA's tls-alpn-01 check (answered).
+// Returned once per connection and moved straight out: boxing the stream would cost every
+// client an allocation to save a few hundred bytes of stack in a rare case.
+#[allow(clippy::large_enum_variant)]
 enum Handshake<S> {
     Client(tokio_rustls::server::TlsStream<S>),
     Challenge(String),
@@ -329,7 +332,11 @@ enum Handshake<S> {
 /// first and a CA's check (ALPN `acme-tls/1` for a pending name) gets the challenge
 /// certificate; every other client, and every client while nothing is pending (one atomic
 /// load), takes the normal path.
-async fn handshake<S>(client: S, shared: &Shared, server: &Arc<rustls::ServerConfig>) -> io::Result<Handshake<S>>
+async fn handshake<S>(
+    client: S,
+    shared: &Shared,
+    server: &Arc<rustls::ServerConfig>,
+) -> io::Result<Handshake<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -349,7 +356,10 @@ where
             let _ = s.shutdown().await;
             Ok(Handshake::Challenge(name))
         }
-        None => start.into_stream(server.clone()).await.map(Handshake::Client),
+        None => start
+            .into_stream(server.clone())
+            .await
+            .map(Handshake::Client),
     }
 }
 
@@ -848,5 +858,132 @@ mod tests {
             );
             assert_eq!(s.tcp_keepalive_retries().unwrap(), 5);
         }
+    }
+
+    /// Accepts any server certificate: these tests look at which one was sent.
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        // webpki refuses to parse a certificate with an unknown critical extension (the
+        // challenge certificate's acmeIdentifier), so the signature is not checked either.
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The normal server configuration: a self-signed certificate for db1.moat.test.
+    fn normal_server() -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db1.moat.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], der)
+                .unwrap(),
+        )
+    }
+
+    /// One handshake over a pipe, the client offering `alpn` for `sni`: whether the server
+    /// answered it as a challenge, whether the certificate the client got carries the
+    /// acmeIdentifier extension, and the protocol agreed.
+    async fn offer(
+        shared: &Arc<Shared>,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> (bool, bool, Option<Vec<u8>>) {
+        let (client_io, server_io) = duplex(1 << 16);
+        let server = normal_server();
+        let s = shared.clone();
+        let served = tokio::spawn(async move { handshake(server_io, &s, &server).await });
+        let provider = tls::provider();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, client_io)
+            .await
+            .unwrap();
+        let (_, conn) = stream.get_ref();
+        let leaf = conn.peer_certificates().unwrap()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let acme_identifier = cert
+            .extensions()
+            .iter()
+            .any(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31" && e.critical);
+        let agreed = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let challenge = matches!(served.await.unwrap().unwrap(), Handshake::Challenge(_));
+        (challenge, acme_identifier, agreed)
+    }
+
+    #[tokio::test]
+    async fn only_a_cas_acme_tls_1_handshake_for_a_pending_name_gets_the_challenge_certificate() {
+        let shared = shared(Mode::PreferSsl);
+        let acme: &[u8] = b"acme-tls/1";
+        // Nothing pending: acme-tls/1 is not even known to the normal path.
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[acme]).await,
+            (false, false, None)
+        );
+        let _pending = shared
+            .acme
+            .challenges
+            .answer("db1.moat.test", &[9u8; 32])
+            .unwrap();
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[acme]).await,
+            (true, true, Some(acme.to_vec())),
+            "the CA's check"
+        );
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[b"h2", b"mongodb"]).await,
+            (false, false, None),
+            "a client offering other protocols takes the normal path, unchanged"
+        );
+        assert_eq!(
+            offer(&shared, "db2.moat.test", &[acme]).await,
+            (false, false, None),
+            "no challenge is pending for that name"
+        );
     }
 }

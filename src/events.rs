@@ -750,8 +750,13 @@ pub fn acme_failed(domain: &str, failures: u32, error: &dyn fmt::Display, retry_
 /// When a domain's certificate is next renewed.
 pub fn acme_scheduled(domain: &str, at: &str, in_secs: i64) {
     tracing::info!(
-        c = "NETWORK", id = ids::ACME_SCHEDULED, ctx = "acme", msg = "Renewal scheduled",
-        domain, at, inSeconds = in_secs,
+        c = "NETWORK",
+        id = ids::ACME_SCHEDULED,
+        ctx = "acme",
+        msg = "Renewal scheduled",
+        domain,
+        at,
+        inSeconds = in_secs,
         "certificate for domain {domain} is renewed at {at} (in {})",
         humantime::format_duration(Duration::from_secs(in_secs.max(0) as u64))
     );
@@ -769,8 +774,11 @@ pub fn acme_challenge_answered(conn: u64, peer: SocketAddr, name: &str) {
 /// A new ACME account key was made.
 pub fn acme_account_key_created(path: &str) {
     tracing::info!(
-        c = "NETWORK", id = ids::ACME_ACCOUNT_KEY_CREATED, ctx = "acme",
-        msg = "ACME account key created", path,
+        c = "NETWORK",
+        id = ids::ACME_ACCOUNT_KEY_CREATED,
+        ctx = "acme",
+        msg = "ACME account key created",
+        path,
         "made a new ACME account key in {path} (0600)"
     );
 }

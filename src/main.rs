@@ -118,20 +118,30 @@ fn acme(args: &AcmeArgs) -> anyhow::Result<()> {
 
 /// What `moat certs scope new` prints.
 fn scope_report(s: &scope::NewScope) -> String {
-    let mut out = format!("scope subdomain: {}
+    let mut out = format!(
+        "scope subdomain: {}
 node hostnames:
-", s.subdomain);
+",
+        s.subdomain
+    );
     for h in &s.node_hostnames {
-        out.push_str(&format!("  {h}
-"));
+        out.push_str(&format!(
+            "  {h}
+"
+        ));
     }
     match &s.appended_to {
-        Some(p) => out.push_str(&format!("appended to {}:
+        Some(p) => out.push_str(&format!(
+            "appended to {}:
 
-", p.display())),
-        None => out.push_str("its [[tls.domains]] block:
+",
+            p.display()
+        )),
+        None => out.push_str(
+            "its [[tls.domains]] block:
 
-"),
+",
+        ),
     }
     out.push_str(&s.block);
     if !s.block.contains("[tls.domains.acme]") {

@@ -337,7 +337,11 @@ fn sibling_domains(path: &Path) -> Vec<(usize, Vec<String>)> {
             let hostnames = d
                 .get("hostnames")
                 .and_then(|h| h.as_array())
-                .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|h| h.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             (j, hostnames)
         })
@@ -353,7 +357,9 @@ mod tests {
         let a = random_label().unwrap();
         let b = random_label().unwrap();
         assert_eq!(a.len(), 10);
-        assert!(a.bytes().all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c)));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c)));
         assert_ne!(a, b, "50 random bits twice the same");
     }
 

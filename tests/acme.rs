@@ -111,7 +111,12 @@ fn a_scope_wildcard_is_issued_by_dns01_and_pymongo_verifies_a_node_name_under_it
         .unwrap_or_else(|| panic!("no node hostname in {out}"))
         .to_string();
     let label = node1.split('.').nth(1).unwrap();
-    assert!(label.len() >= 8 && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert!(
+        label.len() >= 8
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    );
     let name = format!("deployment-{label}");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(
@@ -138,8 +143,8 @@ fn a_scope_wildcard_is_issued_by_dns01_and_pymongo_verifies_a_node_name_under_it
     let r = pymongo_resolving(&uri(&node1, m.port(), &tls), &["ping", "insert_find"]);
     assert!(r.ok, "{}", r.out);
     // The same driver refuses a name outside the scope: the check is real.
-    let outside = format!("node1.other.moat.test");
-    let r = pymongo_resolving(&uri(&outside, m.port(), &tls), &["ping"]);
+    let outside = uri("node1.other.moat.test", m.port(), &tls);
+    let r = pymongo_resolving(&outside, &["ping"]);
     assert!(!r.ok, "{}", r.out);
 }
 
@@ -162,8 +167,10 @@ fn tls_alpn01_is_answered_on_moats_own_port_and_the_new_key_is_encrypted() {
         "time from start to first certificate served (tls-alpn-01): {} ms",
         took.as_millis()
     );
-    m.lines()
-        .wait_for("answered the tls-alpn-01 challenge for db1.moat.test", DEADLINE);
+    m.lines().wait_for(
+        "answered the tls-alpn-01 challenge for db1.moat.test",
+        DEADLINE,
+    );
 
     let dir = m.dir.path();
     let served = tls_connect(m.addr, &pebble.root(), "db1.moat.test").unwrap();
@@ -171,7 +178,10 @@ fn tls_alpn01_is_answered_on_moats_own_port_and_the_new_key_is_encrypted() {
     assert_eq!(served_serial(&served), file_serial(&dir.join("node.pem")));
     // The key never left the node: made here, encrypted under a fresh password kept 0600.
     let key = std::fs::read_to_string(dir.join("node-key.pem")).unwrap();
-    assert!(key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{key}");
+    assert!(
+        key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{key}"
+    );
     assert_eq!(mode_of(&dir.join("node-key.pem")), 0o600);
     assert_eq!(mode_of(&dir.join("node.pass")), 0o600);
     assert_eq!(mode_of(&dir.join("account.pem")), 0o600);
@@ -180,7 +190,10 @@ fn tls_alpn01_is_answered_on_moats_own_port_and_the_new_key_is_encrypted() {
     let d = &status["domains"][0];
     assert_eq!(d["acme"], true, "{status}");
     assert!(
-        d["issuer"].as_str().unwrap().starts_with("Pebble Intermediate CA"),
+        d["issuer"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pebble Intermediate CA"),
         "{status}"
     );
     assert!(d["next_renewal"].as_i64().unwrap() > d["not_after"].as_i64().unwrap() - 31 * 86_400);
@@ -216,7 +229,11 @@ fn a_certificate_inside_its_window_is_renewed_and_an_open_connection_keeps_worki
     let second = serial_in(&wait_issued(&m, "node", 2));
     assert_ne!(first, second);
     let new = tls_connect(m.addr, &root, "db1.moat.test").unwrap();
-    assert_eq!(served_serial(&new), second, "new handshakes get the new certificate");
+    assert_eq!(
+        served_serial(&new),
+        second,
+        "new handshakes get the new certificate"
+    );
     assert_eq!(
         hello_over(&mut old, 2).get_f64("ok").unwrap(),
         1.0,
@@ -228,9 +245,10 @@ fn a_certificate_inside_its_window_is_renewed_and_an_open_connection_keeps_worki
 /// three hours: inside its renewal window (the last third of its life) from the start.
 fn short_lived(pki: &Pki, name: &str, hostnames: &[&str]) -> (PathBuf, PathBuf) {
     let ca_pem = std::fs::read_to_string(&pki.ca).unwrap();
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.dir.path().join("ca-key.pem")).unwrap())
-            .unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(pki.dir.path().join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p =
@@ -337,7 +355,10 @@ listen = "127.0.0.1:0"
     assert!(down_failed.contains("retrying in"), "{down_failed}");
 
     // The certificates in service stay.
-    for (name, cert) in [("hook.moat.test", &hook_cert), ("down.moat.test", &down_cert)] {
+    for (name, cert) in [
+        ("hook.moat.test", &hook_cert),
+        ("down.moat.test", &down_cert),
+    ] {
         let s = tls_connect(m.addr, &pki.ca, name).unwrap();
         assert_eq!(served_serial(&s), file_serial(cert), "{name}");
     }
@@ -358,7 +379,10 @@ listen = "127.0.0.1:0"
         );
         assert!(errors >= 2.0, "{d}: {errors}");
         assert_eq!(
-            sample(&metrics, &format!("moat_acme_renewals_total{{domain=\"{d}\",result=\"ok\"}}")),
+            sample(
+                &metrics,
+                &format!("moat_acme_renewals_total{{domain=\"{d}\",result=\"ok\"}}")
+            ),
             0.0
         );
         let last = sample(
@@ -413,8 +437,9 @@ hook = "hook.sh"
     let (ok, out) = moat(&["check", "--config", a.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("warning: tls.domains[0]: the deployment scope k3x9q2ab7d.moat.test is also served by")
-            && out.contains("b.toml"),
+        out.contains(
+            "warning: tls.domains[0]: the deployment scope k3x9q2ab7d.moat.test is also served by"
+        ) && out.contains("b.toml"),
         "{out}"
     );
     // An account scope is meant to be shared.

@@ -75,8 +75,7 @@ impl Challenges {
             message: e.to_string(),
         };
         let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
-        let mut params =
-            rcgen::CertificateParams::new(vec![name.clone()]).map_err(|e| fail(&e))?;
+        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(|e| fail(&e))?;
         params
             .custom_extensions
             .push(rcgen::CustomExtension::new_acme_identifier(digest));

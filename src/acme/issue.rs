@@ -126,8 +126,7 @@ pub async fn issue(
         .map_err(protocol("creating the order"))?;
     let mut published = Vec::new();
     let mut answers = Vec::new();
-    let validated = match authorize(&mut order, a, challenges, &mut published, &mut answers).await
-    {
+    let validated = match authorize(&mut order, a, challenges, &mut published, &mut answers).await {
         Ok(()) => order
             .poll_ready(&POLL)
             .await
@@ -212,7 +211,9 @@ fn account_key(path: &Path) -> Result<PrivatePkcs8KeyDer<'static>, AcmeError> {
         path: path.to_path_buf(),
         message,
     };
-    let _one = ACCOUNT_KEYS.lock().map_err(|_| err("lock poisoned".into()))?;
+    let _one = ACCOUNT_KEYS
+        .lock()
+        .map_err(|_| err("lock poisoned".into()))?;
     match std::fs::read(path) {
         Ok(pem) => {
             let pem = Zeroizing::new(pem);
@@ -352,9 +353,12 @@ pub async fn run_hook(
         }
         (child.wait().await, said)
     };
-    let (status, said) = tokio::time::timeout(HOOK_TIMEOUT, run)
-        .await
-        .map_err(|_| fail(format!("no exit within {}", humantime::format_duration(HOOK_TIMEOUT))))?;
+    let (status, said) = tokio::time::timeout(HOOK_TIMEOUT, run).await.map_err(|_| {
+        fail(format!(
+            "no exit within {}",
+            humantime::format_duration(HOOK_TIMEOUT)
+        ))
+    })?;
     let status = status.map_err(|e| fail(e.to_string()))?;
     if status.success() {
         return Ok(());
@@ -401,8 +405,8 @@ pub fn install(d: &DomainConfig, issued: &Issued) -> Result<(), AcmeError> {
     };
     let (key_pem, password) = match &d.key_password_file {
         Some(_) => {
-            let password = crate::certgen::random_password()
-                .map_err(|e| AcmeError::Csr(e.to_string()))?;
+            let password =
+                crate::certgen::random_password().map_err(|e| AcmeError::Csr(e.to_string()))?;
             let secret = Secret::new(password.as_bytes().to_vec());
             let pem = crate::certgen::encrypt_key(&issued.key, &secret)
                 .map_err(|e| AcmeError::Csr(e.to_string()))?;
@@ -412,7 +416,11 @@ pub fn install(d: &DomainConfig, issued: &Issued) -> Result<(), AcmeError> {
     };
     let mut targets: Vec<(&Path, Zeroizing<Vec<u8>>, u32)> = Vec::new();
     if let (Some(path), Some(pw)) = (&d.key_password_file, &password) {
-        targets.push((path, Zeroizing::new(format!("{}\n", pw.as_str()).into_bytes()), 0o600));
+        targets.push((
+            path,
+            Zeroizing::new(format!("{}\n", pw.as_str()).into_bytes()),
+            0o600,
+        ));
     }
     targets.push((&d.key, Zeroizing::new(key_pem.as_bytes().to_vec()), 0o600));
     targets.push((

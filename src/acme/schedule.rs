@@ -118,10 +118,9 @@ mod tests {
 
     fn served(hostnames: &[&str], names: &[&str], not_before: i64, not_after: i64) -> Domain {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         p.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
         p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
         let cert = p.self_signed(&key).unwrap();
@@ -163,7 +162,12 @@ mod tests {
     #[test]
     fn a_missing_name_or_certificate_is_due_now() {
         let t0 = 1_900_000_000;
-        let d = served(&["db1.moat.test", "db2.moat.test"], &["db1.moat.test"], t0, t0 + 90 * DAY);
+        let d = served(
+            &["db1.moat.test", "db2.moat.test"],
+            &["db1.moat.test"],
+            t0,
+            t0 + 90 * DAY,
+        );
         assert_eq!(
             due(Some(&d), None, t0 + DAY),
             Due::Now("the configured hostnames changed")

@@ -384,7 +384,13 @@ fn render_status(s: &Status) -> String {
     if !domains.is_empty() {
         out.push('\n');
         out.push_str(&table(
-            &["DOMAIN", "ISSUER", "EXPIRES (UTC)", "NEXT RENEWAL", "HOSTNAMES"],
+            &[
+                "DOMAIN",
+                "ISSUER",
+                "EXPIRES (UTC)",
+                "NEXT RENEWAL",
+                "HOSTNAMES",
+            ],
             &domains,
         ));
     }

@@ -297,8 +297,8 @@ impl Control {
             load::load_over(&path, &resumption, previous.as_deref())
         })
         .await
-            .map_err(|e| ReloadError::Task(e.to_string()))
-            .and_then(|r| r.map_err(ReloadError::from));
+        .map_err(|e| ReloadError::Task(e.to_string()))
+        .and_then(|r| r.map_err(ReloadError::from));
         self.shared.metrics.reload(loaded.is_ok());
         let loaded = loaded?;
         for w in loaded.warnings() {

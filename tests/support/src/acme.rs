@@ -55,10 +55,7 @@ pub fn bound_ports(pid: u32) -> (Vec<u16>, Vec<u16>) {
         v.dedup();
         v
     };
-    (
-        ports("/proc/net/tcp", true),
-        ports("/proc/net/udp", false),
-    )
+    (ports("/proc/net/tcp", true), ports("/proc/net/udp", false))
 }
 
 /// Waits until process `pid` holds `tcp` listening and `udp` bound sockets.
@@ -122,8 +119,7 @@ impl Challtestsrv {
             "-defaultIPv6",
             "",
         ]));
-        proc.lines
-            .wait_for("Starting management server", DEADLINE);
+        proc.lines.wait_for("Starting management server", DEADLINE);
         let (tcp, udp) = wait_for_ports(proc.child.id(), 2, 1);
         // Two TCP listeners: DNS over TCP and the API; the API is the one that speaks HTTP.
         let api = tcp
