@@ -383,7 +383,7 @@ where
     let stream = match handshake {
         Ok(Handshake::Client(s)) => s,
         Ok(Handshake::Challenge(name)) => {
-            events::acme_challenge_answered(conn.id, conn.remote, &name);
+            events::acme_challenge_answered(Some(conn.id), conn.remote, &name);
             return Ok(None);
         }
         Err(e) => {

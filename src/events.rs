@@ -762,10 +762,12 @@ pub fn acme_scheduled(domain: &str, at: &str, in_secs: i64) {
     );
 }
 
-/// The CA's tls-alpn-01 handshake was answered on the public port.
-pub fn acme_challenge_answered(conn: u64, peer: SocketAddr, name: &str) {
+/// The CA's tls-alpn-01 handshake was answered on the public port (by a connection, or by
+/// `moat certs acme`'s own responder: `conn` is then `None`).
+pub fn acme_challenge_answered(conn: Option<u64>, peer: SocketAddr, name: &str) {
+    let ctx = conn.map_or_else(|| "acme".to_string(), |c| ConnCtx(c).to_string());
     tracing::info!(
-        c = "NETWORK", id = ids::ACME_CHALLENGE_ANSWERED, ctx = %ConnCtx(conn),
+        c = "NETWORK", id = ids::ACME_CHALLENGE_ANSWERED, ctx = %ctx,
         msg = "ACME challenge answered", remote = %peer, name,
         "answered the tls-alpn-01 challenge for {name} to {peer}"
     );

@@ -448,3 +448,42 @@ hook = "hook.sh"
     let (ok, out) = moat(&["check", "--config", c.to_str().unwrap()]);
     assert!(ok && !out.contains("deployment scope"), "{out}");
 }
+
+#[test]
+fn certs_acme_issues_by_hand_and_answers_tls_alpn01_itself_while_moat_is_not_running() {
+    let dns = Challtestsrv::start();
+    let reserved = reserve_port();
+    let pebble = Pebble::start(&dns, reserved.port, None);
+    let dir = tempdir();
+    let config = dir.path().join("moat.toml");
+    let domain = format!(
+        "[[tls.domains]]\nname = \"node\"\nhostnames = [\"db1.moat.test\"]\ncert = \"node.pem\"\nkey = \"node-key.pem\"\n{}",
+        acme_table(&pebble, "tls-alpn-01", "")
+    );
+    std::fs::write(
+        &config,
+        alpn_config("127.0.0.1:1", reserved.port, &domain, ""),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (ok, out) = moat(&["certs", "acme", "--domain", "nope", "--config", cfg]);
+    assert!(
+        !ok && out.contains("no [[tls.domains]] is named `nope` (names: node)"),
+        "{out}"
+    );
+    // The reservation lets `certs acme` bind the port (both set SO_REUSEADDR) and nobody else.
+    let (ok, out) = moat(&["certs", "acme", "--domain", "node", "--config", cfg]);
+    drop(reserved);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("answered the tls-alpn-01 challenge for db1.moat.test")
+            && out.contains("wrote ")
+            && out.contains("issued by Pebble Intermediate CA"),
+        "{out}"
+    );
+    let (ok, out) = moat(&["check", "--config", cfg]);
+    assert!(ok && !out.contains("placeholder"), "{out}");
+    let chain = moat::tls::certs::load_chain(&dir.path().join("node.pem")).unwrap();
+    let leaf = moat::tls::certs::leaf(&chain[0], Path::new("node.pem")).unwrap();
+    assert_eq!(leaf.names, vec!["db1.moat.test".to_string()]);
+}

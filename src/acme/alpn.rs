@@ -140,7 +140,7 @@ impl ResolvesServerCert for One {
 /// running there.
 pub async fn respond(listener: TcpListener, challenges: &Challenges) -> io::Result<()> {
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, peer) = listener.accept().await?;
         let Ok(Ok(start)) = tokio::time::timeout(
             RESPONDER_HANDSHAKE,
             LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
@@ -149,11 +149,16 @@ pub async fn respond(listener: TcpListener, challenges: &Challenges) -> io::Resu
         else {
             continue;
         };
-        let Some(config) = challenges.config_for(&start.client_hello()) else {
+        let hello = start.client_hello();
+        let Some(config) = challenges.config_for(&hello) else {
             continue;
         };
+        let name = hello.server_name().unwrap_or_default().to_string();
         // The CA only needs the handshake; the connection is closed right after.
-        let _ = tokio::time::timeout(RESPONDER_HANDSHAKE, start.into_stream(config)).await;
+        let done = tokio::time::timeout(RESPONDER_HANDSHAKE, start.into_stream(config)).await;
+        if let Ok(Ok(_)) = done {
+            crate::events::acme_challenge_answered(None, peer, &name);
+        }
     }
 }
 

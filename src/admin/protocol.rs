@@ -594,6 +594,13 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_from_a_moat_without_acme_still_decodes() {
+        let line = r#"{"name":"d","hostnames":["db1.example.net"],"not_after":1900000000}"#;
+        let d: DomainView = serde_json::from_str(line).unwrap();
+        assert_eq!((d.acme, d.issuer, d.next_renewal), (false, None, None));
+    }
+
+    #[test]
     fn the_wire_form_is_spec_s() {
         let r: Request =
             serde_json::from_str(r#"{"cmd":"mode.set","mode":"requiressl","force":false}"#)

@@ -413,6 +413,22 @@ fn validate_acme(
             key("challenge"),
             "dns-01 needs hook = \"/path/to/hook\": the program run as `HOOK set|clear FQDN VALUE` to publish the TXT record",
         )),
+        (Challenge::Dns01, Some(hook)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let problem = match std::fs::metadata(hook) {
+                Err(e) => Some(format!("cannot run {}: {e}", hook.display())),
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+                    Some(format!("{} is not an executable file", hook.display()))
+                }
+                Ok(_) => None,
+            };
+            if let Some(p) = problem {
+                warnings.push(Invalid::new(
+                    key("hook"),
+                    format!("{p}: every dns-01 request will fail until it is"),
+                ));
+            }
+        }
         (Challenge::TlsAlpn01, Some(_)) => bad.push(Invalid::new(
             key("hook"),
             "is for dns-01 only: with tls-alpn-01 moat answers the challenge itself on its public port",

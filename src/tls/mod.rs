@@ -128,7 +128,7 @@ impl TlsState {
             // domain's is said as a warning, and the CA is asked again at once.
             let acme = d.acme.is_some();
             let unusable = |problem: Invalid, warnings: &mut Vec<Invalid>| {
-                let stand_in = stand_in(d, previous, &provider);
+                let stand_in = stand_in(i, d, previous, &provider);
                 warnings.push(Invalid::new(
                     problem.key,
                     format!(
@@ -298,6 +298,7 @@ const PLACEHOLDER_HOURS: i64 = 24;
 /// What an ACME domain serves while its files are missing or unusable: the certificate
 /// served before, or else a self-signed placeholder for its names.
 fn stand_in(
+    i: usize,
     d: &DomainConfig,
     previous: Option<&TlsState>,
     provider: &CryptoProvider,
@@ -319,7 +320,7 @@ fn stand_in(
     }
     let fail = |e: &dyn std::fmt::Display| {
         Invalid::new(
-            format!("tls.domains[{}]", d.name),
+            format!("tls.domains[{i}]"),
             format!("cannot make a placeholder certificate: {e}"),
         )
     };
@@ -480,5 +481,83 @@ mod tests {
             .for_policy(policy(ClientCertificates::Required, &[b"ca-2"]))
             .unwrap();
         assert!(same(&again, &cloned));
+    }
+
+    /// `[tls]` with one ACME domain whose files are in `dir` (not there yet).
+    fn acme_tls(dir: &std::path::Path) -> TlsConfig {
+        let toml = format!(
+            r#"[listen]
+address = "127.0.0.1:0"
+[upstream]
+address = "127.0.0.1:1"
+[[tls.domains]]
+name = "node"
+hostnames = ["db1.moat.test"]
+cert = "{0}/node.pem"
+key = "{0}/node-key.pem"
+[tls.domains.acme]
+directory = "https://acme.moat.test/dir"
+account_key = "{0}/account.pem"
+challenge = "tls-alpn-01"
+"#,
+            dir.display()
+        );
+        let path = dir.join("moat.toml");
+        std::fs::write(&path, toml).unwrap();
+        crate::config::load(&path).unwrap().0.tls
+    }
+
+    #[test]
+    fn an_acme_domain_without_files_serves_a_placeholder_and_later_keeps_what_it_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = acme_tls(dir.path());
+        let r = Resumption::new().unwrap();
+        let first = TlsState::build(&cfg, &r, None).unwrap().unwrap();
+        let d = first.domain("node").unwrap();
+        assert_eq!(d.origin, Origin::Placeholder);
+        assert!(
+            first.warnings[0]
+                .message
+                .contains("self-signed placeholder"),
+            "{:?}",
+            first.warnings
+        );
+
+        // The certificate arrives: served from the files.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db1.moat.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node-key.pem"), key.serialize_pem()).unwrap();
+        let issued = TlsState::build(&cfg, &r, Some(&first)).unwrap().unwrap();
+        assert_eq!(issued.domain("node").unwrap().origin, Origin::Files);
+        assert!(issued.warnings.is_empty(), "{:?}", issued.warnings);
+
+        // The files go bad: the certificate in service stays, and a renewal is due.
+        std::fs::write(dir.path().join("node-key.pem"), "not a key").unwrap();
+        let after = TlsState::build(&cfg, &r, Some(&issued)).unwrap().unwrap();
+        let kept = after.domain("node").unwrap();
+        assert_eq!(kept.origin, Origin::Kept);
+        assert!(Arc::ptr_eq(&kept.key, &issued.domain("node").unwrap().key));
+        assert!(
+            after.warnings[0]
+                .message
+                .contains("the certificate served before"),
+            "{:?}",
+            after.warnings
+        );
+    }
+
+    #[test]
+    fn a_domain_without_acme_still_refuses_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = acme_tls(dir.path());
+        cfg.domains[0].acme = None;
+        let problems = TlsState::build(&cfg, &Resumption::new().unwrap(), None)
+            .err()
+            .unwrap();
+        assert_eq!(problems[0].key, "tls.domains[0].cert");
     }
 }
