@@ -10,9 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Test peers: openssl s_client, Debian's pymongo 3.11 (legacy OP_QUERY handshake),
-# promtool (from prometheus) to check the metrics exposition and alert rules, and the
-# TLS scanner testssl.sh (tests/scanners.rs).
-APT_PACKAGES=(openssl python3-pymongo prometheus testssl.sh)
+# promtool (from prometheus) to check the metrics exposition and alert rules, the TLS
+# scanner testssl.sh (tests/scanners.rs), and pebble and pebble-challtestsrv (an ACME test
+# CA and its mock DNS) for certificates from ACME.
+APT_PACKAGES=(openssl python3-pymongo prometheus testssl.sh pebble)
 
 need_apt() {
     local missing=()

@@ -165,6 +165,7 @@ pub async fn serve(
         tokio::spawn(health::probe_upstream(shared.clone(), m.readiness_interval));
     }
     tokio::spawn(control.clone().reload_on(hup));
+    tokio::spawn(control.clone().renew_certificates());
     tokio::spawn(control.watch_inventory());
     tokio::spawn(shared.clone().watch_expiry());
     tokio::spawn(shared.clone().summarise_refusals());

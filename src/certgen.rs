@@ -278,8 +278,8 @@ fn load_ca(dir: &Path) -> Result<(String, KeyPair), CertgenError> {
 /// PBKDF2 rounds for keys moat encrypts: about 50 ms to open on this class of machine.
 const PBKDF2_ROUNDS: u32 = 100_000;
 
-/// The key as PEM: PKCS#8, or encrypted PKCS#8 (PBES2: PBKDF2-SHA256, AES-256-CBC, which
-/// `openssl pkey -passin file:` reads) with the password from `passfile`, made if missing.
+/// The key as PEM: PKCS#8, or encrypted PKCS#8 (see [`encrypt_key`]) with the password
+/// from `passfile`, made if missing.
 fn key_pem(
     key: &KeyPair,
     passfile: Option<&Path>,
@@ -287,19 +287,43 @@ fn key_pem(
     let Some(passfile) = passfile else {
         return Ok((Zeroizing::new(key.serialize_pem()), None));
     };
-    let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-    let random = |buf: &mut [u8]| rng.fill(buf).map_err(|_| CertgenError::NoRandomness);
     let created = if passfile.exists() {
         None
     } else {
-        let mut raw = Zeroizing::new([0u8; 24]);
-        random(&mut raw[..])?;
-        let hex: Zeroizing<String> =
-            Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
-        write_file(passfile, format!("{}\n", hex.as_str()).as_bytes(), 0o600)?;
+        let password = random_password()?;
+        write_file(
+            passfile,
+            format!("{}\n", password.as_str()).as_bytes(),
+            0o600,
+        )?;
         Some(passfile.to_path_buf())
     };
     let password = crate::tls::certs::read_password(passfile).map_err(CertgenError::Key)?;
+    Ok((encrypt_key(key, &password)?, created))
+}
+
+/// A fresh key password: 24 random bytes from the OS RNG, as 48 hex digits.
+pub fn random_password() -> Result<Zeroizing<String>, CertgenError> {
+    let mut raw = Zeroizing::new([0u8; 24]);
+    random(&mut raw[..])?;
+    Ok(Zeroizing::new(
+        raw.iter().map(|b| format!("{b:02x}")).collect(),
+    ))
+}
+
+fn random(buf: &mut [u8]) -> Result<(), CertgenError> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| CertgenError::NoRandomness)
+}
+
+/// The key as encrypted PKCS#8 PEM (PBES2: PBKDF2-SHA256, AES-256-CBC, which `openssl pkey
+/// -passin file:` reads) under `password`.
+pub fn encrypt_key(
+    key: &KeyPair,
+    password: &crate::tls::certs::Secret,
+) -> Result<Zeroizing<String>, CertgenError> {
     let (mut salt, mut iv) = ([0u8; 16], [0u8; 16]);
     random(&mut salt)?;
     random(&mut iv)?;
@@ -312,10 +336,8 @@ fn key_pem(
     let doc = info
         .encrypt_with_params(params, password.as_bytes())
         .map_err(|e| enc_err(&e))?;
-    let pem = doc
-        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
-        .map_err(|e| enc_err(&e))?;
-    Ok((pem, created))
+    doc.to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .map_err(|e| enc_err(&e))
 }
 
 /// Writes a file with the given mode (keys are 0600 from the first byte, never chmod-ed
@@ -363,6 +385,8 @@ mod tests {
             cert: files.cert,
             key: files.key,
             key_password_file: None,
+            scope: None,
+            acme: None,
         };
         crate::tls::certs::certified_key(&domain, &crate::tls::provider()).unwrap();
     }

@@ -92,6 +92,9 @@ impl fmt::Display for Report {
                 events::self_advertised_advice(&upstream, &hosts)
             )?;
         }
+        for w in crate::scope::shared_deployment_scopes(Path::new(&self.path), &l.config) {
+            writeln!(f, "warning: {w}")?;
+        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::certgen::{CsrOptions, InitOptions, IssueOptions};
 use crate::policy::Mode;
+use crate::scope::ScopeNewOptions;
 
 /// moat: a TLS-terminating sidecar for MongoDB nodes.
 #[derive(Debug, Parser)]
@@ -159,4 +160,26 @@ pub enum CertsCommand {
     Issue(IssueOptions),
     /// Make a new key pair for this node and a certificate signing request for a real CA.
     Csr(CsrOptions),
+    /// Get a domain's certificate from its ACME CA now ([tls.domains.acme]), as moat's
+    /// renewal does, and write it in place.
+    Acme(AcmeArgs),
+    /// Domain scopes: a random subdomain for an account's or a deployment's nodes.
+    #[command(subcommand)]
+    Scope(ScopeCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AcmeArgs {
+    /// The [[tls.domains]] name.
+    #[arg(long)]
+    pub domain: String,
+    /// Configuration file (TOML).
+    #[arg(long, short, default_value = "config.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScopeCommand {
+    /// Make a random subdomain, print its node hostnames and write its [[tls.domains]] block.
+    New(ScopeNewOptions),
 }

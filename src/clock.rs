@@ -23,3 +23,18 @@ pub fn date(ts: i64) -> String {
         .map(|t| t.date().to_string())
         .unwrap_or_else(|_| ts.to_string())
 }
+
+/// `2027-12-27 09:30:00 UTC` for a Unix timestamp.
+pub fn datetime(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .map(|t| {
+            format!(
+                "{} {:02}:{:02}:{:02} UTC",
+                t.date(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        })
+        .unwrap_or_else(|_| ts.to_string())
+}

@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::config::{self, ClientCertificates};
 use crate::events::{self, TlsSummary};
@@ -307,7 +307,11 @@ where
         Action::AcceptTls => {
             // Boxed: the handshake's state lives on the heap only while it runs, so the
             // connection's task is sized for the copy, not for the handshake.
-            let mut stream = Box::pin(accept_tls(client, deadline, conn, shared)).await?;
+            let accepted = Box::pin(accept_tls(client, deadline, conn, shared)).await?;
+            let Some(mut stream) = accepted else {
+                // An ACME CA's tls-alpn-01 check, answered: nothing to forward.
+                return Ok(());
+            };
             let upstream = match dial.dial().await {
                 Ok(u) => u,
                 Err(e) => return Err(Box::pin(answer_unreachable(&mut stream, deadline, e)).await),
@@ -339,25 +343,73 @@ where
     }
 }
 
+/// A TLS handshake that ended: a client's, or an ACME CA's tls-alpn-01 check (answered).
+// Returned once per connection and moved straight out: boxing the stream would cost every
+// client an allocation to save a few hundred bytes of stack in a rare case.
+#[allow(clippy::large_enum_variant)]
+enum Handshake<S> {
+    Client(tokio_rustls::server::TlsStream<S>),
+    Challenge(String),
+}
+
+/// The handshake. While an ACME tls-alpn-01 challenge is pending, the ClientHello is read
+/// first and a CA's check (ALPN `acme-tls/1` for a pending name) gets the challenge
+/// certificate; every other client, and every client while nothing is pending (one atomic
+/// load), takes the normal path.
+async fn handshake<S>(
+    client: S,
+    shared: &Shared,
+    server: &Arc<rustls::ServerConfig>,
+) -> io::Result<Handshake<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let challenges = &shared.acme.challenges;
+    if challenges.is_idle() {
+        return TlsAcceptor::from(server.clone())
+            .accept(client)
+            .await
+            .map(Handshake::Client);
+    }
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await?;
+    let hello = start.client_hello();
+    match challenges.config_for(&hello) {
+        Some(config) => {
+            let name = hello.server_name().unwrap_or_default().to_string();
+            let mut s = start.into_stream(config).await?;
+            let _ = s.shutdown().await;
+            Ok(Handshake::Challenge(name))
+        }
+        None => start
+            .into_stream(server.clone())
+            .await
+            .map(Handshake::Client),
+    }
+}
+
 /// The TLS handshake, within the connection's deadline; logs and records what was agreed.
+/// `None` when it was an ACME CA's challenge check, answered.
 async fn accept_tls<S>(
     client: S,
     deadline: Instant,
     conn: &Conn,
     shared: &Shared,
-) -> Result<tokio_rustls::server::TlsStream<S>, ConnError>
+) -> Result<Option<tokio_rustls::server::TlsStream<S>>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let tls = shared.tls().ok_or(ConnError::NoCertificates)?;
     let started = std::time::Instant::now();
-    let accept = TlsAcceptor::from(tls.server.clone()).accept(client);
-    let handshake = timeout_at(deadline, accept)
+    let handshake = timeout_at(deadline, handshake(client, shared, &tls.server))
         .await
         .map_err(|_| ConnError::HandshakeTimeout)
         .and_then(|r| r.map_err(ConnError::Tls));
     let stream = match handshake {
-        Ok(s) => s,
+        Ok(Handshake::Client(s)) => s,
+        Ok(Handshake::Challenge(name)) => {
+            events::acme_challenge_answered(Some(conn.id), conn.remote, &name);
+            return Ok(None);
+        }
         Err(e) => {
             shared
                 .metrics
@@ -395,7 +447,7 @@ where
         domain: domain.clone(),
         client_subject: client,
     });
-    Ok(stream)
+    Ok(Some(stream))
 }
 
 /// Most bytes read looking for a whole ClientHello (rustls refuses bigger ones anyway).
@@ -945,5 +997,132 @@ mod tests {
             );
             assert_eq!(s.tcp_keepalive_retries().unwrap(), 5);
         }
+    }
+
+    /// Accepts any server certificate: these tests look at which one was sent.
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        // webpki refuses to parse a certificate with an unknown critical extension (the
+        // challenge certificate's acmeIdentifier), so the signature is not checked either.
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The normal server configuration: a self-signed certificate for db1.moat.test.
+    fn normal_server() -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db1.moat.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], der)
+                .unwrap(),
+        )
+    }
+
+    /// One handshake over a pipe, the client offering `alpn` for `sni`: whether the server
+    /// answered it as a challenge, whether the certificate the client got carries the
+    /// acmeIdentifier extension, and the protocol agreed.
+    async fn offer(
+        shared: &Arc<Shared>,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> (bool, bool, Option<Vec<u8>>) {
+        let (client_io, server_io) = duplex(1 << 16);
+        let server = normal_server();
+        let s = shared.clone();
+        let served = tokio::spawn(async move { handshake(server_io, &s, &server).await });
+        let provider = tls::provider();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, client_io)
+            .await
+            .unwrap();
+        let (_, conn) = stream.get_ref();
+        let leaf = conn.peer_certificates().unwrap()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let acme_identifier = cert
+            .extensions()
+            .iter()
+            .any(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31" && e.critical);
+        let agreed = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let challenge = matches!(served.await.unwrap().unwrap(), Handshake::Challenge(_));
+        (challenge, acme_identifier, agreed)
+    }
+
+    #[tokio::test]
+    async fn only_a_cas_acme_tls_1_handshake_for_a_pending_name_gets_the_challenge_certificate() {
+        let shared = shared(Mode::PreferSsl);
+        let acme: &[u8] = b"acme-tls/1";
+        // Nothing pending: acme-tls/1 is not even known to the normal path.
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[acme]).await,
+            (false, false, None)
+        );
+        let _pending = shared
+            .acme
+            .challenges
+            .answer("db1.moat.test", &[9u8; 32])
+            .unwrap();
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[acme]).await,
+            (true, true, Some(acme.to_vec())),
+            "the CA's check"
+        );
+        assert_eq!(
+            offer(&shared, "db1.moat.test", &[b"h2", b"mongodb"]).await,
+            (false, false, None),
+            "a client offering other protocols takes the normal path, unchanged"
+        );
+        assert_eq!(
+            offer(&shared, "db2.moat.test", &[acme]).await,
+            (false, false, None),
+            "no challenge is pending for that name"
+        );
     }
 }

@@ -69,6 +69,14 @@ pub mod ids {
     pub const CLIENT_METADATA_TOO_LARGE: u64 = 9_800_040;
     pub const ACCEPT_FAILING: u64 = 9_800_140;
     pub const ACCEPT_RECOVERED: u64 = 9_800_141;
+    pub const ACME_REQUESTING: u64 = 9_800_080;
+    pub const ACME_ISSUED: u64 = 9_800_081;
+    pub const ACME_FAILED: u64 = 9_800_082;
+    pub const ACME_SCHEDULED: u64 = 9_800_083;
+    pub const ACME_CHALLENGE_ANSWERED: u64 = 9_800_084;
+    pub const ACME_ACCOUNT_KEY_CREATED: u64 = 9_800_085;
+    pub const ACME_HOOK_CLEAR_FAILED: u64 = 9_800_086;
+    pub const ACME_NOT_SERVED: u64 = 9_800_087;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -759,5 +767,90 @@ pub fn accept_recovered(failed: u64, after: Duration) {
         durationMillis = after.as_millis() as u64,
         "accepting connections again after {failed} failed attempts over {}",
         humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
+    );
+}
+
+/// A certificate is requested from an ACME CA.
+pub fn acme_requesting(domain: &str, names: &str, challenge: &str, directory: &str, why: &str) {
+    tracing::info!(
+        c = "NETWORK", id = ids::ACME_REQUESTING, ctx = "acme", msg = "Requesting certificate",
+        domain, names, challenge, directory, reason = why,
+        "requesting a certificate for domain {domain} ({names}) by {challenge} from {directory}: {why}"
+    );
+}
+
+/// A certificate was issued, written and swapped in for new handshakes.
+pub fn acme_issued(domain: &str, issuer: &str, serial: &str, not_after: &str, took: Duration) {
+    tracing::info!(
+        c = "NETWORK", id = ids::ACME_ISSUED, ctx = "acme", msg = "Certificate issued",
+        domain, issuer, serial, notAfter = not_after, tookMillis = took.as_millis() as u64,
+        "certificate for domain {domain} issued by {issuer} (serial {serial}, valid until {not_after}) in {} ms; new handshakes get it",
+        took.as_millis()
+    );
+}
+
+/// An attempt failed; the certificate in service stays.
+pub fn acme_failed(domain: &str, failures: u32, error: &dyn fmt::Display, retry_in: Duration) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::ACME_FAILED, ctx = "acme", msg = "Certificate request failed",
+        domain, failures, error = %error, retryMillis = retry_in.as_millis() as u64,
+        "certificate request for domain {domain} failed ({failures} in a row): {error}; the certificate in service stays; retrying in {}",
+        humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1)))
+    );
+}
+
+/// When a domain's certificate is next renewed.
+pub fn acme_scheduled(domain: &str, at: &str, in_secs: i64) {
+    tracing::info!(
+        c = "NETWORK",
+        id = ids::ACME_SCHEDULED,
+        ctx = "acme",
+        msg = "Renewal scheduled",
+        domain,
+        at,
+        inSeconds = in_secs,
+        "certificate for domain {domain} is renewed at {at} (in {})",
+        humantime::format_duration(Duration::from_secs(in_secs.max(0) as u64))
+    );
+}
+
+/// The CA's tls-alpn-01 handshake was answered on the public port (by a connection, or by
+/// `moat certs acme`'s own responder: `conn` is then `None`).
+pub fn acme_challenge_answered(conn: Option<u64>, peer: SocketAddr, name: &str) {
+    let ctx = conn.map_or_else(|| "acme".to_string(), |c| ConnCtx(c).to_string());
+    tracing::info!(
+        c = "NETWORK", id = ids::ACME_CHALLENGE_ANSWERED, ctx = %ctx,
+        msg = "ACME challenge answered", remote = %peer, name,
+        "answered the tls-alpn-01 challenge for {name} to {peer}"
+    );
+}
+
+/// A new ACME account key was made.
+pub fn acme_account_key_created(path: &str) {
+    tracing::info!(
+        c = "NETWORK",
+        id = ids::ACME_ACCOUNT_KEY_CREATED,
+        ctx = "acme",
+        msg = "ACME account key created",
+        path,
+        "made a new ACME account key in {path} (0600)"
+    );
+}
+
+/// The dns-01 hook could not remove a TXT record it had published.
+pub fn acme_hook_clear_failed(domain: &str, fqdn: &str, error: &dyn fmt::Display) {
+    tracing::warn!(
+        c = "NETWORK", id = ids::ACME_HOOK_CLEAR_FAILED, ctx = "acme",
+        msg = "ACME hook could not clear a record", domain, fqdn, error = %error,
+        "could not remove the dns-01 record {fqdn} for domain {domain}: {error}"
+    );
+}
+
+/// A certificate was issued and written, but the TLS configuration could not be rebuilt.
+pub fn acme_not_served(domain: &str, error: &dyn fmt::Display) {
+    tracing::error!(
+        c = "NETWORK", id = ids::ACME_NOT_SERVED, ctx = "acme",
+        msg = "Issued certificate not served", domain, error = %error,
+        "the certificate issued for domain {domain} is written but not served ({error}); the certificate in service stays"
     );
 }

@@ -4,6 +4,7 @@
 //! ([`policy`]); each connection ([`conn`]) is sniffed, judged against the live SSL mode,
 //! terminated ([`tls`]) and copied to the local mongod ([`proxy`], [`upstream`]).
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod bufpool;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod durable;
 pub mod egress;
 pub mod error;
 pub mod events;
@@ -26,6 +28,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod readiness;
 pub mod registry;
+pub mod scope;
 pub mod server;
 pub mod shared;
 pub mod shutdown;

@@ -76,6 +76,8 @@ pub struct Metrics {
     http_dropped: [IntCounter; 3],
     closed_before_speaking: IntCounter,
     idle_closed: IntCounter,
+    /// By the operator's domain name (a closed set) and result.
+    acme_renewals: IntCounterVec,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -159,7 +161,13 @@ impl Metrics {
             "Connections to the metrics and health endpoint that moat closed itself, by reason.",
             &["reason"],
         );
+        let acme_renewals = counter_vec(
+            "moat_acme_renewals_total",
+            "Certificate requests to an ACME CA (first issuance and renewals), by domain and result.",
+            &["domain", "result"],
+        );
         Metrics {
+            acme_renewals,
             http_dropped: HttpDrop::ALL.map(|r| http_dropped.with_label_values(&[r.as_str()])),
             accepted: [
                 accepted.with_label_values(&["tls"]),
@@ -260,6 +268,21 @@ impl Metrics {
 
     pub fn idle_closed(&self) {
         self.idle_closed.inc();
+    }
+
+    /// Shows an ACME domain's renewal counters (at 0) from now on.
+    pub fn acme_domain(&self, domain: &str) {
+        for result in ["ok", "error"] {
+            self.acme_renewals.with_label_values(&[domain, result]);
+        }
+    }
+
+    /// An ACME request for `domain` (a configured domain name) ended.
+    pub fn acme_renewal(&self, domain: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.acme_renewals
+            .with_label_values(&[domain, result])
+            .inc();
     }
 
     /// The text exposition of every metric, with the ones read off moat's state now.

@@ -85,6 +85,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// The upstream was found advertising its own address (said once).
     pub self_advertised_warned: std::sync::atomic::AtomicBool,
+    /// ACME: tls-alpn-01 answers in force, each domain's renewal status.
+    pub acme: crate::acme::State,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -108,6 +110,7 @@ impl Shared {
             readiness: Readiness::default(),
             throttle: Throttle::default(),
             self_advertised_warned: std::sync::atomic::AtomicBool::new(false),
+            acme: crate::acme::State::default(),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
         })
@@ -209,6 +212,7 @@ impl Shared {
         if let Some(tls) = self.tls() {
             tls.export(&mut s);
         }
+        self.acme.export(&mut s);
         self.firewall().export(&mut s);
         crate::telemetry::export(&mut s);
         let current = self.mode();

@@ -366,16 +366,46 @@ fn render_status(s: &Status) -> String {
         .domains
         .iter()
         .map(|d| {
+            let issuer = match (&d.issuer, d.acme) {
+                (Some(i), true) => format!("{i} (ACME)"),
+                (Some(i), false) => i.clone(),
+                (None, _) => "none yet (placeholder)".into(),
+            };
+            let next = match (d.acme, d.next_renewal) {
+                (true, Some(t)) => clock::datetime(t),
+                _ => "-".into(),
+            };
             vec![
                 d.name.clone(),
+                issuer,
                 d.not_after.map_or("-".into(), expiry),
+                next,
                 d.hostnames.join(","),
             ]
         })
         .collect();
     if !domains.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["DOMAIN", "EXPIRES (UTC)", "HOSTNAMES"], &domains));
+        out.push_str(&table(
+            &[
+                "DOMAIN",
+                "ISSUER",
+                "EXPIRES (UTC)",
+                "NEXT RENEWAL",
+                "HOSTNAMES",
+            ],
+            &domains,
+        ));
+    }
+    for d in &s.domains {
+        if let (Some(e), Some(at)) = (&d.last_error, d.last_error_at) {
+            out.push_str(&format!(
+                "{}: last error {}: {}\n",
+                d.name,
+                clock::datetime(at),
+                escape_controls(e)
+            ));
+        }
     }
     out
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod ops;
 pub mod persist;
 pub mod protocol;
+pub mod renew;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::signal::unix::Signal;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex, Notify};
 use toml_edit::DocumentMut;
 
 use super::persist::{self, DocError, PersistError, RulesFileError};
@@ -20,7 +20,7 @@ use super::protocol::{
     RuleView, RulesCopied, RulesExport, RulesList, Status,
 };
 use crate::config::load::{self, Loaded};
-use crate::config::Config;
+use crate::config::{Config, DomainConfig, TlsConfig};
 use crate::egress::Egress;
 use crate::error::ConfigErrors;
 use crate::events;
@@ -30,7 +30,8 @@ use crate::policy::{Mode, Transport};
 use crate::registry::{Conn, Kind};
 use crate::shared::{Settings, Shared};
 use crate::telemetry::LogHandle;
-use crate::tls::Resumption;
+use crate::tls::sni::Origin;
+use crate::tls::{Resumption, TlsState};
 
 /// Values only read at start: a reload that changes them says a restart is needed.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +94,8 @@ pub enum ReloadError {
     LogLevel(#[from] crate::telemetry::LevelError),
     #[error("the reload did not finish: {0}")]
     Task(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Why a rule change was refused; nothing changed, in the file or in the running moat.
@@ -118,6 +121,12 @@ pub struct Control {
     boot: RestartKeys,
     /// Serialises every change; holds the firewall's rules and inventory.
     plane: Mutex<FirewallPlane>,
+    /// The `[tls]` in force: what an ACME renewal rebuilds the TLS state from.
+    tls_config: std::sync::Mutex<TlsConfig>,
+    /// The ACME domains in force, for the renewal tasks (`admin::renew`).
+    pub(super) acme_domains: watch::Sender<Vec<DomainConfig>>,
+    /// Wakes every renewal task after a reload, to look at what is served again.
+    pub(super) renewal_wakeup: Notify,
 }
 
 impl Control {
@@ -138,6 +147,9 @@ impl Control {
             egress,
             boot: RestartKeys::of(config),
             plane: Mutex::new(plane),
+            tls_config: std::sync::Mutex::new(config.tls.clone()),
+            acme_domains: watch::Sender::new(acme_domains(config)),
+            renewal_wakeup: Notify::new(),
         }
     }
 
@@ -280,10 +292,13 @@ impl Control {
         let mut plane = self.plane.lock().await;
         let path = self.config_path.clone();
         let resumption = self.resumption.clone();
-        let loaded = tokio::task::spawn_blocking(move || load::load(&path, &resumption))
-            .await
-            .map_err(|e| ReloadError::Task(e.to_string()))
-            .and_then(|r| r.map_err(ReloadError::from));
+        let previous = self.shared.tls();
+        let loaded = tokio::task::spawn_blocking(move || {
+            load::load_over(&path, &resumption, previous.as_deref())
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))
+        .and_then(|r| r.map_err(ReloadError::from));
         self.shared.metrics.reload(loaded.is_ok());
         let loaded = loaded?;
         for w in loaded.warnings() {
@@ -304,6 +319,10 @@ impl Control {
         let mut applied = Vec::new();
         let domains = config.tls.domains.len();
         self.shared.set_tls(tls);
+        if let Ok(mut running) = self.tls_config.lock() {
+            *running = config.tls.clone();
+        }
+        self.acme_domains.send_replace(acme_domains(&config));
         if let Some(tls) = self.shared.tls() {
             tls.warn_expiring();
         }
@@ -352,6 +371,37 @@ impl Control {
         })
     }
 
+    /// Rebuilds the TLS state from the `[tls]` in force and the files it names, and swaps
+    /// it in for new handshakes: the TLS part of a reload, after ACME wrote new files.
+    pub async fn swap_tls(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.plane.lock().await;
+        let cfg = self
+            .tls_config
+            .lock()
+            .map_err(|_| ReloadError::Task("TLS configuration lock poisoned".into()))?
+            .clone();
+        let resumption = self.resumption.clone();
+        let previous = self.shared.tls();
+        let built = tokio::task::spawn_blocking(move || {
+            TlsState::build(&cfg, &resumption, previous.as_deref())
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))?;
+        match built {
+            Ok(state) => {
+                self.shared.set_tls(state);
+                Ok(())
+            }
+            Err(problems) => Err(ReloadError::Tls(
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
     /// SIGHUP (`hup`, installed at start) does what `moat ctl reload` does.
     pub async fn reload_on(self: Arc<Self>, mut hup: Signal) {
         while hup.recv().await.is_some() {
@@ -377,10 +427,21 @@ impl Control {
                 t.resolver
                     .domains()
                     .iter()
-                    .map(|d| DomainView {
-                        name: d.name.clone(),
-                        hostnames: d.hostnames.clone(),
-                        not_after: d.not_after,
+                    .map(|d| {
+                        let acme = self.shared.acme.status(&d.name);
+                        DomainView {
+                            name: d.name.clone(),
+                            hostnames: d.hostnames.clone(),
+                            not_after: d.not_after,
+                            issuer: match d.origin {
+                                Origin::Placeholder => None,
+                                Origin::Files | Origin::Kept => Some(d.issuer.clone()),
+                            },
+                            acme: acme.is_some(),
+                            next_renewal: acme.as_ref().and_then(|a| a.next_renewal),
+                            last_error: acme.as_ref().and_then(|a| a.last_error.clone()),
+                            last_error_at: acme.and_then(|a| a.last_error_at),
+                        }
                     })
                     .collect()
             })
@@ -634,6 +695,17 @@ impl Control {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The domains a config has moat get from an ACME CA.
+fn acme_domains(config: &Config) -> Vec<DomainConfig> {
+    config
+        .tls
+        .domains
+        .iter()
+        .filter(|d| d.acme.is_some())
+        .cloned()
+        .collect()
 }
 
 /// One connection as the admin protocol shows it.

@@ -3,20 +3,18 @@
 //!
 //! The file is re-read at each change and only the changed key is edited (toml_edit keeps
 //! every comment and the layout), so an operator's edits made since start are merged, not
-//! overwritten. The new file is written next to the old one under a random name (created
-//! `O_EXCL | O_NOFOLLOW`, so nothing planted at that path is followed or reused), given the
-//! old file's owner, group and mode, fsynced, and renamed over it: a crash leaves either the
-//! old file or the new one, never half of one.
+//! overwritten. The file is replaced atomically and durably ([`crate::durable`]): a crash
+//! leaves either the old file or the new one, never half of one.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
 use crate::config::RuleConfig;
+use crate::durable::{self, Replaced};
 use crate::firewall::{Rule, RuleError, Source};
 
 /// Why a change could not be written. In every case the file on disk is unchanged.
@@ -260,74 +258,20 @@ pub fn replace_in(doc: &mut DocumentMut, rules: &[Rule]) -> Result<(), DocError>
     Ok(())
 }
 
-/// Attempts at a fresh temporary name before giving up (each is 64 random bits).
-const TEMP_ATTEMPTS: usize = 8;
-
-/// Replaces `path` with `data`. An error means the file is unchanged; a failure after the
-/// rename (the directory sync) is [`Saved::NotDurable`], not an error.
+/// Replaces `path` with `data` (see [`durable::replace`]). An error means the file is
+/// unchanged; a failure after the rename (the directory sync) is [`Saved::NotDurable`].
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<Saved> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let old = fs::metadata(path)?;
-    let (mut file, tmp) = create_temp(dir, &name)?;
-    let written = (|| {
-        // The owner, group and mode of the file it replaces, whatever the umask (a systemd
-        // unit's UMask=0077 would otherwise turn 0640 into 0600). Changing the owner needs
-        // privilege; as the owner itself, keeping the group is what can be done.
-        if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
-            if e.kind() != io::ErrorKind::PermissionDenied {
-                return Err(e);
-            }
-            let _ = std::os::unix::fs::fchown(&file, None, Some(old.gid()));
-        }
-        file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    drop(file);
-    // The rename itself is durable once the directory is synced.
-    match fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Ok(()) => Ok(Saved::Written),
-        Err(e) => Ok(Saved::NotDurable(e)),
-    }
-}
-
-/// A new file `.{name}.{random}.tmp` in `dir`, created exclusively, never through a link.
-fn create_temp(dir: &Path, name: &str) -> io::Result<(fs::File, PathBuf)> {
-    let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-    let mut last = io::Error::other("no attempt made");
-    for _ in 0..TEMP_ATTEMPTS {
-        let mut r = [0u8; 8];
-        random
-            .fill(&mut r)
-            .map_err(|_| io::Error::other("no randomness for a temporary file name"))?;
-        let tmp = dir.join(format!(".{name}.{:016x}.tmp", u64::from_le_bytes(r)));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((f, tmp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
+    // The config file exists (it was just read): its owner and mode are kept.
+    Ok(match durable::replace(path, data, 0o600)? {
+        Replaced::Durable => Saved::Written,
+        Replaced::NotDurable(e) => Saved::NotDurable(e),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     const CONFIG: &str = r#"# moat config
 [listen]

@@ -178,6 +178,21 @@ pub struct DomainView {
     pub hostnames: Vec<String>,
     /// Unix seconds.
     pub not_after: Option<i64>,
+    /// Who issued the certificate served; none while an ACME domain awaits its first.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Whether moat gets this certificate from an ACME CA.
+    #[serde(default)]
+    pub acme: bool,
+    /// ACME: when the next request is due, Unix seconds.
+    #[serde(default)]
+    pub next_renewal: Option<i64>,
+    /// ACME: why the last request failed, while it has not succeeded since.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// ACME: when a request last failed, Unix seconds.
+    #[serde(default)]
+    pub last_error_at: Option<i64>,
 }
 
 /// The firewall in numbers.
@@ -413,11 +428,28 @@ mod tests {
                         plaintext: 1,
                         egress: 0,
                     },
-                    domains: vec![DomainView {
-                        name: "deployment".into(),
-                        hostnames: vec!["db1.example.net".into()],
-                        not_after: Some(1_900_000_000),
-                    }],
+                    domains: vec![
+                        DomainView {
+                            name: "deployment".into(),
+                            hostnames: vec!["db1.example.net".into()],
+                            not_after: Some(1_900_000_000),
+                            issuer: Some("moat dev CA".into()),
+                            acme: false,
+                            next_renewal: None,
+                            last_error: None,
+                            last_error_at: None,
+                        },
+                        DomainView {
+                            name: "scope".into(),
+                            hostnames: vec!["*.k3x9q2.example.net".into()],
+                            not_after: Some(1_800_000_000),
+                            issuer: Some("Pebble Intermediate CA 7a24c3".into()),
+                            acme: true,
+                            next_renewal: Some(1_790_000_000),
+                            last_error: Some("hook `dns-hook set ...`: exit status: 1".into()),
+                            last_error_at: Some(1_789_000_000),
+                        },
+                    ],
                     firewall: FirewallView {
                         default: "deny".into(),
                         cidr_rules: 1,
@@ -563,6 +595,13 @@ mod tests {
             persist: true,
         };
         assert_eq!(request.decode(&line).unwrap(), Err(failure));
+    }
+
+    #[test]
+    fn a_domain_from_a_moat_without_acme_still_decodes() {
+        let line = r#"{"name":"d","hostnames":["db1.example.net"],"not_after":1900000000}"#;
+        let d: DomainView = serde_json::from_str(line).unwrap();
+        assert_eq!((d.acme, d.issuer, d.next_renewal), (false, None, None));
     }
 
     #[test]

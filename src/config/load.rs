@@ -28,16 +28,29 @@ pub struct Loaded {
 
 /// Reads the config file and loads every file it names; all problems are reported.
 pub fn load(path: &Path, resumption: &Resumption) -> Result<Loaded, ConfigErrors> {
-    let (config, source) = super::load(path)?;
+    load_over(path, resumption, None)
+}
+
+/// [`load`] for a reload: an ACME domain whose files are unusable keeps the certificate
+/// `previous` served.
+pub fn load_over(
+    path: &Path,
+    resumption: &Resumption,
+    previous: Option<&TlsState>,
+) -> Result<Loaded, ConfigErrors> {
+    let (mut config, source) = super::load(path)?;
     let upstream = config.upstream_addr().ok_or_else(|| {
         let unresolved = format!("`{}` was not resolved", config.upstream.address);
         source.place(vec![Invalid::new("upstream.address", unresolved)])
     })?;
     let mut problems = Vec::new();
-    let tls = TlsState::build(&config.tls, resumption).unwrap_or_else(|p| {
+    let tls = TlsState::build(&config.tls, resumption, previous).unwrap_or_else(|p| {
         problems.extend(p);
         None
     });
+    if let Some(t) = &tls {
+        config.warnings.extend(t.warnings.iter().cloned());
+    }
     let mut egress = Vec::new();
     for (i, e) in config.egress.iter().enumerate() {
         match Target::build(i, e) {

@@ -441,7 +441,7 @@ impl TlsConfig {
 }
 
 /// `[[tls.domains]]`: one certificate and the names it is served for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     pub name: String,
@@ -453,6 +453,84 @@ pub struct DomainConfig {
     pub key: PathBuf,
     /// ...its password in this file (one trailing newline is ignored).
     pub key_password_file: Option<PathBuf>,
+    /// Which domain scope the names belong to (`moat certs scope new` writes it); `moat
+    /// check` warns when two deployments share a deployment scope.
+    pub scope: Option<Scope>,
+    /// `[tls.domains.acme]`: moat gets and renews this certificate from an ACME CA.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// A domain scope: how widely one random subdomain (and its wildcard certificate) is
+/// shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Shared by every cluster of an account: one certificate, wider reach if it leaks.
+    Account,
+    /// One cluster's own: never shared with another deployment.
+    Deployment,
+}
+
+impl Scope {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Account => "account",
+            Scope::Deployment => "deployment",
+        }
+    }
+}
+
+/// How an ACME CA checks that moat controls the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Challenge {
+    /// A TXT record `_acme-challenge.NAME`, published by `hook`: wildcards, any port.
+    #[serde(rename = "dns-01")]
+    Dns01,
+    /// A TLS handshake with ALPN `acme-tls/1` on moat's own port (RFC 8737): no wildcards,
+    /// and the CA must reach the port as 443.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl Challenge {
+    /// The name as written in the config (and in RFC 8555).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Challenge::Dns01 => "dns-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// `[tls.domains.acme]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// Contact URLs for the account (`mailto:ops@example.net`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The account's private key (PEM, PKCS#8 P-256); made, mode 0600, when missing.
+    pub account_key: PathBuf,
+    pub challenge: Challenge,
+    /// For dns-01: the program run as `HOOK set|clear FQDN VALUE`.
+    pub hook: Option<PathBuf>,
+    /// Renew this long before notAfter (default: 30 days, or a third of the lifetime for
+    /// certificates shorter-lived than 90 days).
+    #[serde(default, deserialize_with = "some_duration")]
+    pub renew_before: Option<Duration>,
+    /// The CA certificate (PEM) that the directory's own HTTPS certificate chains to, for a
+    /// private or test CA; default: the system's roots.
+    pub directory_ca: Option<PathBuf>,
+    /// Wait this long after a first failure; doubles per failure up to 6 hours, with jitter.
+    #[serde(default = "default_acme_retry", deserialize_with = "duration")]
+    pub retry_min: Duration,
+}
+
+fn default_acme_retry() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Log line format.

@@ -140,6 +140,20 @@ impl Config {
             for h in d.hostnames.iter_mut() {
                 *h = h.to_ascii_lowercase();
             }
+            if let Some(a) = &mut d.acme {
+                a.account_key = base.join(&a.account_key);
+                if let Some(h) = &mut a.hook {
+                    *h = base.join(&*h);
+                }
+                if let Some(ca) = &mut a.directory_ca {
+                    *ca = base.join(&*ca);
+                }
+            }
+        }
+        for (i, d) in tls.domains.iter().enumerate() {
+            if let Some(a) = &d.acme {
+                validate_acme(i, d, a, tls.mode, bad, &mut self.warnings);
+            }
         }
         for (i, d) in tls.domains.iter().enumerate() {
             let key = |k: &str| format!("tls.domains[{i}].{k}");
@@ -354,6 +368,93 @@ fn count(bad: &mut Vec<Invalid>, key: &str, n: usize, (min, max): (usize, usize)
             format!("{n} is out of range: use {min} to {max}"),
         ));
     }
+}
+
+/// `tls.domains[].acme.renew_before`.
+pub const ACME_RENEW_BEFORE: (Duration, Duration) = (secs(1), secs(365 * 86_400));
+/// `tls.domains[].acme.retry_min`.
+pub const ACME_RETRY_MIN: (Duration, Duration) = (ms(100), secs(3600));
+
+/// `[tls.domains.acme]`: what the CA needs to be asked, and what the challenge needs.
+fn validate_acme(
+    i: usize,
+    d: &DomainConfig,
+    a: &AcmeConfig,
+    mode: crate::policy::Mode,
+    bad: &mut Vec<Invalid>,
+    warnings: &mut Vec<Invalid>,
+) {
+    let key = |k: &str| format!("tls.domains[{i}].acme.{k}");
+    if d.hostnames.is_empty() {
+        bad.push(Invalid::new(
+            format!("tls.domains[{i}].hostnames"),
+            "an ACME domain needs hostnames: they are the names the certificate is requested for",
+        ));
+    }
+    if !a.directory.starts_with("https://") {
+        bad.push(Invalid::new(
+            key("directory"),
+            format!(
+                "`{}` is not an https:// URL (ACME directories are served over HTTPS, RFC 8555)",
+                a.directory
+            ),
+        ));
+    }
+    for (j, c) in a.contact.iter().enumerate() {
+        if !c.contains(':') || c.chars().any(char::is_whitespace) {
+            bad.push(Invalid::new(
+                format!("tls.domains[{i}].acme.contact[{j}]"),
+                format!("`{c}` is not a contact URL (write \"mailto:ops@example.net\")"),
+            ));
+        }
+    }
+    match (a.challenge, &a.hook) {
+        (Challenge::Dns01, None) => bad.push(Invalid::new(
+            key("challenge"),
+            "dns-01 needs hook = \"/path/to/hook\": the program run as `HOOK set|clear FQDN VALUE` to publish the TXT record",
+        )),
+        (Challenge::Dns01, Some(hook)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let problem = match std::fs::metadata(hook) {
+                Err(e) => Some(format!("cannot run {}: {e}", hook.display())),
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+                    Some(format!("{} is not an executable file", hook.display()))
+                }
+                Ok(_) => None,
+            };
+            if let Some(p) = problem {
+                warnings.push(Invalid::new(
+                    key("hook"),
+                    format!("{p}: every dns-01 request will fail until it is"),
+                ));
+            }
+        }
+        (Challenge::TlsAlpn01, Some(_)) => bad.push(Invalid::new(
+            key("hook"),
+            "is for dns-01 only: with tls-alpn-01 moat answers the challenge itself on its public port",
+        )),
+        _ => {}
+    }
+    if a.challenge == Challenge::TlsAlpn01 {
+        for (j, h) in d.hostnames.iter().enumerate() {
+            if h.starts_with("*.") {
+                bad.push(Invalid::new(
+                    format!("tls.domains[{i}].hostnames[{j}]"),
+                    format!("`{h}` is a wildcard: a CA issues wildcards by dns-01 only (RFC 8737), set challenge = \"dns-01\" and a hook"),
+                ));
+            }
+        }
+        if !mode.terminates_tls() {
+            warnings.push(Invalid::new(
+                key("challenge"),
+                format!("tls-alpn-01 is answered only in modes where moat terminates TLS (allowSSL, preferSSL, requireSSL); in {mode} the CA's check fails until the mode changes: use dns-01"),
+            ));
+        }
+    }
+    if let Some(r) = a.renew_before {
+        duration_in(bad, &key("renew_before"), r, ACME_RENEW_BEFORE);
+    }
+    duration_in(bad, &key("retry_min"), a.retry_min, ACME_RETRY_MIN);
 }
 
 /// An egress listener relays whoever reaches it to the peer: off loopback, only with

@@ -209,20 +209,32 @@ pub fn certified_key(
     };
     let der = load_key(&d.key, password.as_ref()).map_err(|e| (Which::Key, e))?;
     drop(password);
+    pair(chain, der, provider, &d.cert, &d.key)
+}
+
+/// A chain (in order) and a private key, checked to belong together; `cert` and `key` name
+/// where they come from (or will be written) in errors.
+pub fn pair(
+    chain: Vec<CertificateDer<'static>>,
+    der: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, (Which, CertError)> {
     let signing = provider.key_provider.load_private_key(der).map_err(|e| {
         let message = e.to_string();
-        let path = d.key.clone();
+        let path = key.to_path_buf();
         (Which::Key, CertError::UnusableKey { path, message })
     })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            let (key, cert) = (d.key.clone(), d.cert.clone());
+            let (key, cert) = (key.to_path_buf(), cert.to_path_buf());
             return Err((Which::Key, CertError::KeyMismatch { key, cert }));
         }
         Err(e) => {
-            let (path, message) = (d.cert.clone(), e.to_string());
+            let (path, message) = (cert.to_path_buf(), e.to_string());
             return Err((Which::Cert, CertError::Other { path, message }));
         }
     }
@@ -239,7 +251,7 @@ fn parse<'a>(der: &'a CertificateDer<'_>, path: &Path) -> Result<X509Certificate
 }
 
 /// Each certificate must be issued by the one after it: leaf first, root (if any) last.
-fn check_chain_order(chain: &[CertificateDer<'_>], path: &Path) -> Result<(), CertError> {
+pub fn check_chain_order(chain: &[CertificateDer<'_>], path: &Path) -> Result<(), CertError> {
     for (i, pair) in chain.windows(2).enumerate() {
         let (child, parent) = (parse(&pair[0], path)?, parse(&pair[1], path)?);
         if child.issuer() != parent.subject() {
@@ -263,6 +275,8 @@ pub struct Leaf {
     pub not_after: i64,
     /// Serial number, lowercase hex.
     pub serial: String,
+    /// The issuer's common name (its whole name when it has none).
+    pub issuer: String,
 }
 
 /// Reads a leaf certificate's names, validity and serial.
@@ -289,7 +303,18 @@ pub fn leaf(der: &CertificateDer<'_>, path: &Path) -> Result<Leaf, CertError> {
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
         serial: c.raw_serial_as_string().replace(':', ""),
+        issuer: issuer_name(&c),
     })
+}
+
+/// The issuer's common name, or its whole name when it has none.
+fn issuer_name(c: &X509Certificate<'_>) -> String {
+    let cn = c
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok().map(str::to_string));
+    cn.unwrap_or_else(|| c.issuer().to_string())
 }
 
 /// Whether a certificate name (`*.a.b` or `x.a.b`) covers a configured hostname (which may

@@ -15,14 +15,15 @@ use rustls::server::{
     ProducesTickets, ServerConnection, ServerSessionMemoryCache, StoresServerSessions,
     WebPkiClientVerifier,
 };
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::clock;
-use crate::config::{ClientCertificates, MinVersion, TlsConfig};
+use crate::config::{ClientCertificates, DomainConfig, MinVersion, TlsConfig};
 use crate::error::Invalid;
 use crate::events;
 use crate::metrics::Scrape;
-use sni::{Domain, SniResolver};
+use sni::{Domain, Origin, SniResolver};
 
 /// Certificates expire quietly: moat warns this many days ahead.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
@@ -99,31 +100,60 @@ pub struct TlsState {
     pub server: Arc<ServerConfig>,
     pub resolver: Arc<SniResolver>,
     pub client_certificates: ClientCertificates,
+    /// What was worth saying but not refusing: an ACME domain's files not issued yet or
+    /// unusable (so served from a stand-in and renewed now), expired or missing a name.
+    pub warnings: Vec<Invalid>,
 }
 
 impl TlsState {
     /// Loads every domain's files and the client CA and builds the server configuration.
     /// `Ok(None)` when no domain is configured (mode disabled). All problems are reported,
-    /// by config key.
+    /// by config key. `previous` is the state served until now: an ACME domain whose files
+    /// are unusable keeps its certificate from there.
     pub fn build(
         cfg: &TlsConfig,
         resumption: &Resumption,
+        previous: Option<&TlsState>,
     ) -> Result<Option<TlsState>, Vec<Invalid>> {
         if cfg.domains.is_empty() {
             return Ok(None);
         }
         let provider = provider();
         let mut bad = Vec::new();
+        let mut warnings = Vec::new();
         let mut domains = Vec::new();
         let now = clock::unix_secs();
         for (i, d) in cfg.domains.iter().enumerate() {
+            // An ACME domain's files are moat's to renew: what would refuse another
+            // domain's is said as a warning, and the CA is asked again at once.
+            let acme = d.acme.is_some();
+            let unusable = |problem: Invalid, warnings: &mut Vec<Invalid>| {
+                let stand_in = stand_in(i, d, previous, &provider);
+                warnings.push(Invalid::new(
+                    problem.key,
+                    format!(
+                        "{}; serving {} until the ACME CA issues a new one",
+                        problem.message,
+                        match stand_in.as_ref().map(|s| s.origin) {
+                            Ok(Origin::Kept) => "the certificate served before",
+                            _ => "a self-signed placeholder",
+                        }
+                    ),
+                ));
+                stand_in
+            };
             let key = match certs::certified_key(d, &provider) {
                 Ok(k) => k,
                 Err((which, msg)) => {
-                    bad.push(Invalid::new(
-                        format!("tls.domains[{i}].{}", which.key()),
-                        msg,
-                    ));
+                    let problem = Invalid::new(format!("tls.domains[{i}].{}", which.key()), msg);
+                    if !acme {
+                        bad.push(problem);
+                    } else {
+                        match unusable(problem, &mut warnings) {
+                            Ok(s) => domains.push(s),
+                            Err(e) => bad.push(e),
+                        }
+                    }
                     continue;
                 }
             };
@@ -141,8 +171,11 @@ impl TlsState {
                     continue;
                 }
             };
+            // Expiry and names leave the certificate usable: refused for a domain whose
+            // files an operator rotates, renewed away for an ACME domain.
+            let soft = if acme { &mut warnings } else { &mut bad };
             if leaf.not_after < now {
-                bad.push(Invalid::new(
+                soft.push(Invalid::new(
                     format!("tls.domains[{i}].cert"),
                     format!(
                         "{} expired on {}",
@@ -151,7 +184,7 @@ impl TlsState {
                     ),
                 ));
             } else if leaf.not_before > now {
-                bad.push(Invalid::new(
+                soft.push(Invalid::new(
                     format!("tls.domains[{i}].cert"),
                     format!(
                         "{} is not valid until {}",
@@ -163,7 +196,7 @@ impl TlsState {
             // A name the certificate does not carry fails every client that dials it.
             for (j, h) in d.hostnames.iter().enumerate() {
                 if !leaf.names.iter().any(|n| certs::covers(n, h)) {
-                    bad.push(Invalid::new(
+                    soft.push(Invalid::new(
                         format!("tls.domains[{i}].hostnames[{j}]"),
                         format!(
                             "`{h}` is not among the names in {} ({}): clients that dial it would fail verification",
@@ -179,6 +212,9 @@ impl TlsState {
                 hostnames: d.hostnames.clone(),
                 not_after: Some(leaf.not_after),
                 serial: leaf.serial,
+                not_before: Some(leaf.not_before),
+                issuer: leaf.issuer,
+                origin: Origin::Files,
             });
         }
         let verifier = client_verifier(cfg, &provider).map_err(|p| {
@@ -211,7 +247,13 @@ impl TlsState {
             server: Arc::new(server),
             resolver,
             client_certificates: cfg.client_certificates,
+            warnings,
         }))
+    }
+
+    /// The served domain named `name`.
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.resolver.domains().iter().find(|d| d.name == name)
     }
 
     /// Logs a warning for each domain whose certificate expires within
@@ -248,6 +290,64 @@ impl TlsState {
             })
             .collect()
     }
+}
+
+/// How long a placeholder certificate claims to be valid: it is replaced long before.
+const PLACEHOLDER_HOURS: i64 = 24;
+
+/// What an ACME domain serves while its files are missing or unusable: the certificate
+/// served before, or else a self-signed placeholder for its names.
+fn stand_in(
+    i: usize,
+    d: &DomainConfig,
+    previous: Option<&TlsState>,
+    provider: &CryptoProvider,
+) -> Result<Domain, Invalid> {
+    let kept = previous
+        .and_then(|p| p.domain(&d.name))
+        .filter(|p| p.origin != Origin::Placeholder);
+    if let Some(p) = kept {
+        return Ok(Domain {
+            name: d.name.clone(),
+            key: p.key.clone(),
+            hostnames: d.hostnames.clone(),
+            not_after: p.not_after,
+            serial: p.serial.clone(),
+            not_before: p.not_before,
+            issuer: p.issuer.clone(),
+            origin: Origin::Kept,
+        });
+    }
+    let fail = |e: &dyn std::fmt::Display| {
+        Invalid::new(
+            format!("tls.domains[{i}]"),
+            format!("cannot make a placeholder certificate: {e}"),
+        )
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let mut params = rcgen::CertificateParams::new(d.hostnames.clone()).map_err(|e| fail(&e))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "moat placeholder: awaiting ACME");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::hours(PLACEHOLDER_HOURS);
+    let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| fail(&e))?;
+    Ok(Domain {
+        name: d.name.clone(),
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
+        hostnames: d.hostnames.clone(),
+        not_after: None,
+        serial: String::new(),
+        not_before: None,
+        issuer: String::new(),
+        origin: Origin::Placeholder,
+    })
 }
 
 /// The client-certificate verifier for `[tls] client_certificates`, and the policy it
@@ -381,5 +481,83 @@ mod tests {
             .for_policy(policy(ClientCertificates::Required, &[b"ca-2"]))
             .unwrap();
         assert!(same(&again, &cloned));
+    }
+
+    /// `[tls]` with one ACME domain whose files are in `dir` (not there yet).
+    fn acme_tls(dir: &std::path::Path) -> TlsConfig {
+        let toml = format!(
+            r#"[listen]
+address = "127.0.0.1:0"
+[upstream]
+address = "127.0.0.1:1"
+[[tls.domains]]
+name = "node"
+hostnames = ["db1.moat.test"]
+cert = "{0}/node.pem"
+key = "{0}/node-key.pem"
+[tls.domains.acme]
+directory = "https://acme.moat.test/dir"
+account_key = "{0}/account.pem"
+challenge = "tls-alpn-01"
+"#,
+            dir.display()
+        );
+        let path = dir.join("moat.toml");
+        std::fs::write(&path, toml).unwrap();
+        crate::config::load(&path).unwrap().0.tls
+    }
+
+    #[test]
+    fn an_acme_domain_without_files_serves_a_placeholder_and_later_keeps_what_it_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = acme_tls(dir.path());
+        let r = Resumption::new().unwrap();
+        let first = TlsState::build(&cfg, &r, None).unwrap().unwrap();
+        let d = first.domain("node").unwrap();
+        assert_eq!(d.origin, Origin::Placeholder);
+        assert!(
+            first.warnings[0]
+                .message
+                .contains("self-signed placeholder"),
+            "{:?}",
+            first.warnings
+        );
+
+        // The certificate arrives: served from the files.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db1.moat.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node-key.pem"), key.serialize_pem()).unwrap();
+        let issued = TlsState::build(&cfg, &r, Some(&first)).unwrap().unwrap();
+        assert_eq!(issued.domain("node").unwrap().origin, Origin::Files);
+        assert!(issued.warnings.is_empty(), "{:?}", issued.warnings);
+
+        // The files go bad: the certificate in service stays, and a renewal is due.
+        std::fs::write(dir.path().join("node-key.pem"), "not a key").unwrap();
+        let after = TlsState::build(&cfg, &r, Some(&issued)).unwrap().unwrap();
+        let kept = after.domain("node").unwrap();
+        assert_eq!(kept.origin, Origin::Kept);
+        assert!(Arc::ptr_eq(&kept.key, &issued.domain("node").unwrap().key));
+        assert!(
+            after.warnings[0]
+                .message
+                .contains("the certificate served before"),
+            "{:?}",
+            after.warnings
+        );
+    }
+
+    #[test]
+    fn a_domain_without_acme_still_refuses_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = acme_tls(dir.path());
+        cfg.domains[0].acme = None;
+        let problems = TlsState::build(&cfg, &Resumption::new().unwrap(), None)
+            .err()
+            .unwrap();
+        assert_eq!(problems[0].key, "tls.domains[0].cert");
     }
 }

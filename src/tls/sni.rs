@@ -19,6 +19,25 @@ pub struct Domain {
     pub not_after: Option<i64>,
     /// The leaf certificate's serial number (hex), to tell a rotation took effect.
     pub serial: String,
+    /// The leaf certificate's notBefore, Unix seconds.
+    pub not_before: Option<i64>,
+    /// Who issued the leaf (its issuer's common name).
+    pub issuer: String,
+    /// Whether the certificate is the one the domain's files hold.
+    pub origin: Origin,
+}
+
+/// Where a domain's certificate came from. Only an ACME domain is ever served from
+/// anything but its files: it gets new ones from the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The domain's files, loaded and checked.
+    Files,
+    /// The files are missing or unusable, so the certificate served before is kept.
+    Kept,
+    /// The files are missing or unusable and there was nothing before: a self-signed
+    /// stand-in that no client trusts, served until the CA issues the real one.
+    Placeholder,
 }
 
 /// The certificate resolver handed to rustls.
@@ -119,6 +138,9 @@ mod tests {
             hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
             not_after: None,
             serial: String::new(),
+            not_before: None,
+            issuer: String::new(),
+            origin: Origin::Files,
         }
     }
 

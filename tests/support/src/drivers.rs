@@ -129,3 +129,17 @@ impl Steady {
         )
     }
 }
+
+/// Runs tests/py/resolve_client.py (client.py with every `*.moat.test` name resolving to
+/// 127.0.0.1) with the venv's pymongo 4.x: a driver that dials a node's own name, sends it
+/// as SNI and verifies the certificate against it.
+pub fn pymongo_resolving(uri: &str, ops: &[&str]) -> PyResult {
+    PyResult::of(
+        Command::new(python())
+            .arg(repo().join("tests/py/resolve_client.py"))
+            .arg(uri)
+            .args(ops)
+            .output()
+            .unwrap(),
+    )
+}

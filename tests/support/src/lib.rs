@@ -12,9 +12,11 @@
 //! - [`tls`]: a rustls client.
 //! - [`drivers`]: real clients: pymongo 4.x and 3.11, mongosh.
 //! - [`http`]: moat's metrics and health endpoint.
+//! - [`acme`]: an ACME CA (pebble) and its mock DNS (pebble-challtestsrv).
 //!
 //! Test files import it all with `use moat_test_support::*;`.
 
+pub mod acme;
 pub mod drivers;
 pub mod http;
 pub mod pki;
@@ -23,6 +25,7 @@ pub mod servers;
 pub mod tls;
 pub mod wire;
 
+pub use acme::*;
 pub use drivers::*;
 pub use http::*;
 pub use pki::*;
