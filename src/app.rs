@@ -38,10 +38,12 @@ pub struct BindError {
 /// Why `run` could not start serving.
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     #[error("moat: cannot watch signals: {0}")]
     Signals(io::Error),
+    #[error("moat: the accept loop stopped: {0}")]
+    Accept(tokio::task::JoinError),
 }
 
 /// Every socket moat serves, opened before anything starts so a clash fails the start.
@@ -169,7 +171,11 @@ pub async fn serve(
     tokio::spawn(control.watch_inventory());
     tokio::spawn(shared.clone().watch_expiry());
     tokio::spawn(shared.clone().summarise_refusals());
-    server::run(listeners.public, shared, shutdown, tracker).await;
+    // On a worker, not on the thread that blocks on this future: a connection task
+    // spawned from a worker starts on that worker's own queue, where one spawned from
+    // outside the pool must wake a worker through the shared queue first.
+    let accepting = tokio::spawn(server::run(listeners.public, shared, shutdown, tracker));
+    accepting.await.map_err(ServeError::Accept)?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ pub enum CertgenError {
     Rcgen(#[from] rcgen::Error),
     #[error("no dev CA in {0}: run `moat certs init --dir {0}` first")]
     NoCa(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] crate::tls::certs::CertError),
     #[error("no randomness available for a key password")]
     NoRandomness,

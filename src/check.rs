@@ -16,7 +16,7 @@ use crate::upstream;
 /// Why a config does not pass.
 #[derive(Debug, Error)]
 pub enum CheckError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error("moat: TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),

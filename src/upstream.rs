@@ -111,7 +111,7 @@ const MAX_HELLO_REPLY: usize = 1 << 20;
 /// Why the topology probe learnt nothing (it is advice: moat serves either way).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the upstream's hello reply is not a MongoDB reply: {0}")]
     Reply(String),

@@ -106,6 +106,8 @@ fn check_names_a_missing_certificate_file_with_its_key_and_position() {
         missing.display()
     );
     assert!(text(&o).contains(&want), "want {want}\ngot {}", text(&o));
+    // Said once: the error's causes are not printed again after it.
+    assert_eq!(text(&o).matches(&want).count(), 1, "got {}", text(&o));
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub enum AcmeError {
         fqdn: String,
         why: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Answer(#[from] AnswerError),
     #[error("cannot make the key or the CSR: {0}")]
     Csr(String),

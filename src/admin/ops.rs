@@ -88,9 +88,9 @@ pub enum ModeError {
 /// Why a reload kept the running configuration.
 #[derive(Debug, Error)]
 pub enum ReloadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     LogLevel(#[from] crate::telemetry::LevelError),
     #[error("the reload did not finish: {0}")]
     Task(String),
@@ -101,11 +101,11 @@ pub enum ReloadError {
 /// Why a rule change was refused; nothing changed, in the file or in the running moat.
 #[derive(Debug, Error)]
 pub enum RulesError {
-    #[error("{0}")]
+    #[error(transparent)]
     Rule(#[from] RuleError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plane(#[from] PlaneError),
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] RulesFileError),
     #[error("rules not changed: {0}; the running firewall is unchanged")]
     Persist(#[from] PersistError),

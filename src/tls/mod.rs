@@ -240,6 +240,9 @@ impl TlsState {
             .map_err(|e| vec![Invalid::new("tls.min_version", e.to_string())])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver.clone());
+        // One ticket per connection: a driver's next connection resumes with it and gets a
+        // fresh one back; a second ticket is an encryption and a write nobody uses.
+        server.send_tls13_tickets = 1;
         (server.ticketer, server.session_storage) = resumption
             .for_policy(policy)
             .map_err(|e| vec![Invalid::new("tls", format!("TLS session keys: {e}"))])?;
