@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # Test peers: openssl s_client, Debian's pymongo 3.11 (legacy OP_QUERY handshake),
 # promtool (from prometheus) to check the metrics exposition and alert rules, the TLS
 # scanner testssl.sh (tests/scanners.rs), and pebble and pebble-challtestsrv (an ACME test
-# CA and its mock DNS) for certificates from ACME.
-APT_PACKAGES=(openssl python3-pymongo prometheus testssl.sh pebble)
+# CA and its mock DNS) for certificates from ACME, and faketime, so that `openssl ocsp`
+# writes an OCSP response that has already expired (tests/ocsp.rs).
+APT_PACKAGES=(openssl python3-pymongo prometheus testssl.sh pebble faketime)
 
 need_apt() {
     local missing=()

@@ -168,6 +168,7 @@ pub async fn serve(
     }
     tokio::spawn(control.clone().reload_on(hup));
     tokio::spawn(control.clone().renew_certificates());
+    tokio::spawn(control.clone().watch_files());
     tokio::spawn(control.watch_inventory());
     tokio::spawn(shared.clone().watch_expiry());
     tokio::spawn(shared.clone().summarise_refusals());

@@ -385,6 +385,8 @@ mod tests {
             cert: files.cert,
             key: files.key,
             key_password_file: None,
+            key_password_credential: None,
+            ocsp: None,
             scope: None,
             acme: None,
         };

@@ -77,6 +77,10 @@ pub mod ids {
     pub const ACME_ACCOUNT_KEY_CREATED: u64 = 9_800_085;
     pub const ACME_HOOK_CLEAR_FAILED: u64 = 9_800_086;
     pub const ACME_NOT_SERVED: u64 = 9_800_087;
+    pub const WATCH_STARTED: u64 = 9_800_090;
+    pub const WATCH_CHANGED: u64 = 9_800_091;
+    pub const WATCH_UNAVAILABLE: u64 = 9_800_092;
+    pub const WATCH_OFF: u64 = 9_800_093;
 }
 
 /// `[conn12]`: the log context of one connection.
@@ -852,5 +856,59 @@ pub fn acme_not_served(domain: &str, error: &dyn fmt::Display) {
         c = "NETWORK", id = ids::ACME_NOT_SERVED, ctx = "acme",
         msg = "Issued certificate not served", domain, error = %error,
         "the certificate issued for domain {domain} is written but not served ({error}); the certificate in service stays"
+    );
+}
+
+/// Files are watched for changes (at start, and when a reload changes which).
+pub fn watch_started(files: usize, dirs: usize, debounce: Duration) {
+    tracing::info!(
+        c = "CONTROL", id = ids::WATCH_STARTED, ctx = "watch", msg = "Watching files",
+        files = files as u64, directories = dirs as u64,
+        debounceMillis = debounce.as_millis() as u64,
+        "watching {files} files in {dirs} directories: a change is applied {} after it settles, as a reload would",
+        humantime::format_duration(debounce)
+    );
+}
+
+/// Watched files changed on disk: `action` is what moat does about it.
+pub fn watch_changed(files: &str, action: &str) {
+    tracing::info!(
+        c = "CONTROL",
+        id = ids::WATCH_CHANGED,
+        ctx = "watch",
+        msg = "Watched files changed",
+        files,
+        action,
+        "changed on disk: {files}; {action}"
+    );
+}
+
+/// Files (or one directory of them, `what`) cannot be watched: they are looked at every
+/// `recheck` instead.
+pub fn watch_unavailable(what: &str, error: &dyn fmt::Display, recheck: Duration) {
+    let every = humantime::format_duration(recheck);
+    if what.is_empty() {
+        tracing::warn!(
+            c = "CONTROL", id = ids::WATCH_UNAVAILABLE, ctx = "watch", msg = "Cannot watch files",
+            error = %error,
+            "cannot watch files for changes ({error}): they are looked at every {every} instead; SIGHUP or moat ctl reload apply a change at once"
+        );
+    } else {
+        tracing::warn!(
+            c = "CONTROL", id = ids::WATCH_UNAVAILABLE, ctx = "watch", msg = "Cannot watch directory",
+            directory = what, error = %error,
+            "cannot watch {what} for changes ({error}): its files are looked at every {every} instead"
+        );
+    }
+}
+
+/// `[watch] enabled = false`.
+pub fn watch_off() {
+    tracing::info!(
+        c = "CONTROL",
+        id = ids::WATCH_OFF,
+        ctx = "watch",
+        msg = "File watching off",
+        "file watching is off ([watch] enabled = false): changed files are applied at SIGHUP or moat ctl reload"
     );
 }

@@ -209,6 +209,74 @@ fn encrypted_key_serves_and_a_wrong_password_fails_check_without_showing_it() {
     );
 }
 
+#[test]
+fn a_key_password_from_a_systemd_credential_serves_and_without_one_the_error_says_why() {
+    let mongo = Mongo::start();
+    let pki = Pki::new();
+    let pass = pki.dir.path().join("deployment.pass");
+    issue_domain(&pki, "deployment", &["localhost"], Some(&pass));
+    // What systemd puts in $CREDENTIALS_DIRECTORY for LoadCredentialEncrypted=moat-key:...
+    let creds = pki.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(&pass, creds.join("moat-key")).unwrap();
+    let dir = tempdir();
+    let path = dir.path().join("moat.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n[tls]\nmode = \"requireSSL\"\n\
+             [[tls.domains]]\nname = \"deployment\"\nhostnames = [\"localhost\"]\ncert = \"{d}/deployment.pem\"\n\
+             key = \"{d}/deployment-key.pem\"\nkey_password_credential = \"moat-key\"\n{ALLOW_LOOPBACK}",
+            mongo.addr(),
+            d = pki.dir.path().display()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn(
+        Command::new(moat_bin())
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .args(["run", "--config"])
+            .arg(&path),
+    );
+    let line = proc.lines.wait_for("waiting for connections on ", DEADLINE);
+    let addr = line
+        .split("waiting for connections on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let mut s = tls_connect(addr, &pki.ca, "localhost").unwrap();
+    hello_over(&mut s, 1);
+
+    // Outside the unit (no $CREDENTIALS_DIRECTORY), and with the credential missing.
+    let check = |creds: Option<&Path>| {
+        let mut c = Command::new(moat_bin());
+        c.args(["check", "--config"]).arg(&path);
+        match creds {
+            Some(d) => c.env("CREDENTIALS_DIRECTORY", d),
+            None => c.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(":12:27: tls.domains[0].key_password_credential: key_password_credential = \"moat-key\" is read from $CREDENTIALS_DIRECTORY, which is not set"),
+        "{err}"
+    );
+    let (code, err) = check(Some(&pki.dir.path().join("elsewhere")));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("credential moat-key: cannot read") && err.contains("No such file"),
+        "{err}"
+    );
+    assert_eq!(check(Some(&creds)).0, Some(0));
+}
+
 /// A client CA and a client certificate for `CN=alice,O=moat test` (clientAuth).
 struct ClientPki {
     ca: PathBuf,

@@ -452,6 +452,10 @@ description = "app servers"
 inventory = "{inventory}"
 refresh = "1h"
 
+# Each bad file is put back right after `ctl reload`: the watcher would then reload too.
+[watch]
+enabled = false
+
 {ADMIN}{METRICS_FAST}"#,
         up = mongo.addr(),
         cert = files.cert.display(),

@@ -394,7 +394,8 @@ fn check(d: &DomainConfig, chain_pem: &str, key: &rcgen::KeyPair) -> Result<Leaf
     Ok(leaf)
 }
 
-/// Writes the key (encrypted under a fresh password when `key_password_file` is set), the
+/// Writes the key (encrypted under a fresh password when `key_password_file` is set, or
+/// under the systemd credential's, which moat cannot write, with `key_password_credential`), the
 /// password and the chain: each staged and fsynced first, then renamed into place one
 /// after the other, so the files change together within microseconds. (An ACME domain
 /// whose files do not match after a crash is renewed at the next start.)
@@ -403,8 +404,8 @@ pub fn install(d: &DomainConfig, issued: &Issued) -> Result<(), AcmeError> {
         let path = path.to_path_buf();
         move |source| AcmeError::Write { path, source }
     };
-    let (key_pem, password) = match &d.key_password_file {
-        Some(_) => {
+    let (key_pem, password) = match (&d.key_password_file, &d.key_password_credential) {
+        (Some(_), _) => {
             let password =
                 crate::certgen::random_password().map_err(|e| AcmeError::Csr(e.to_string()))?;
             let secret = Secret::new(password.as_bytes().to_vec());
@@ -412,7 +413,15 @@ pub fn install(d: &DomainConfig, issued: &Issued) -> Result<(), AcmeError> {
                 .map_err(|e| AcmeError::Csr(e.to_string()))?;
             (pem, Some(password))
         }
-        None => (Zeroizing::new(issued.key.serialize_pem()), None),
+        (None, Some(_)) => {
+            let secret = certs::domain_password(d)
+                .map_err(|(_, e)| AcmeError::Csr(e.to_string()))?
+                .ok_or_else(|| AcmeError::Csr("no key password".into()))?;
+            let pem = crate::certgen::encrypt_key(&issued.key, &secret)
+                .map_err(|e| AcmeError::Csr(e.to_string()))?;
+            (pem, None)
+        }
+        (None, None) => (Zeroizing::new(issued.key.serialize_pem()), None),
     };
     let mut targets: Vec<(&Path, Zeroizing<Vec<u8>>, u32)> = Vec::new();
     if let (Some(path), Some(pw)) = (&d.key_password_file, &password) {

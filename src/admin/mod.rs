@@ -9,6 +9,7 @@ pub mod ops;
 pub mod persist;
 pub mod protocol;
 pub mod renew;
+pub mod watch;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

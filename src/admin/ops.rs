@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::signal::unix::Signal;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::{watch, Mutex, MutexGuard, Notify};
 use toml_edit::DocumentMut;
 
 use super::persist::{self, DocError, PersistError, RulesFileError};
@@ -19,6 +19,7 @@ use super::protocol::{
     Failure, FirewallView, ModeReply, ModeSet, Reloaded, Reply, Request, RuleAdded, RuleRemoved,
     RuleView, RulesCopied, RulesExport, RulesList, Status,
 };
+use super::watch::{fingerprints_of, Files, Prints, Role};
 use crate::config::load::{self, Loaded};
 use crate::config::{Config, DomainConfig, TlsConfig};
 use crate::egress::Egress;
@@ -120,13 +121,15 @@ pub struct Control {
     egress: Vec<Arc<Egress>>,
     boot: RestartKeys,
     /// Serialises every change; holds the firewall's rules and inventory.
-    plane: Mutex<FirewallPlane>,
+    pub(super) plane: Mutex<FirewallPlane>,
     /// The `[tls]` in force: what an ACME renewal rebuilds the TLS state from.
     tls_config: std::sync::Mutex<TlsConfig>,
     /// The ACME domains in force, for the renewal tasks (`admin::renew`).
     pub(super) acme_domains: watch::Sender<Vec<DomainConfig>>,
     /// Wakes every renewal task after a reload, to look at what is served again.
     pub(super) renewal_wakeup: Notify,
+    /// The files a reload reads, as moat last read them, and `[watch]` (`admin::watch`).
+    pub(super) files: watch::Sender<Files>,
 }
 
 impl Control {
@@ -141,7 +144,7 @@ impl Control {
     ) -> Control {
         Control {
             shared,
-            config_path,
+            config_path: config_path.clone(),
             resumption,
             log,
             egress,
@@ -150,6 +153,7 @@ impl Control {
             tls_config: std::sync::Mutex::new(config.tls.clone()),
             acme_domains: watch::Sender::new(acme_domains(config)),
             renewal_wakeup: Notify::new(),
+            files: watch::Sender::new(Files::new(&config_path, config, Prints::new())),
         }
     }
 
@@ -289,7 +293,38 @@ impl Control {
 
     /// Re-reads the config file and everything it names; applies it all or nothing.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let mut plane = self.plane.lock().await;
+        let plane = self.plane.lock().await;
+        self.reload_locked(plane, None).await
+    }
+
+    /// [`Control::reload`] under the change lock; `seen` are the watched files'
+    /// fingerprints taken before anything was read (taken now when `None`), recorded as
+    /// read whatever the outcome, so the watcher applies only later changes.
+    pub(super) async fn reload_locked(
+        &self,
+        mut plane: MutexGuard<'_, FirewallPlane>,
+        seen: Option<Prints>,
+    ) -> Result<Reloaded, ReloadError> {
+        let seen = match seen {
+            Some(s) => s,
+            None => self.fingerprint_files().await,
+        };
+        match self.reload_files(&mut plane).await {
+            Ok((reloaded, config)) => {
+                self.files_reloaded(Some(&config), seen);
+                Ok(reloaded)
+            }
+            Err(e) => {
+                self.files_reloaded(None, seen);
+                Err(e)
+            }
+        }
+    }
+
+    async fn reload_files(
+        &self,
+        plane: &mut FirewallPlane,
+    ) -> Result<(Reloaded, Config), ReloadError> {
         let path = self.config_path.clone();
         let resumption = self.resumption.clone();
         let previous = self.shared.tls();
@@ -347,7 +382,7 @@ impl Control {
         if let Some(e) = inventory_error {
             // The inventory is refreshed on its own as soon as the file is good again, so
             // a bad one does not hold back the rest (a certificate rotation, say).
-            let kept = new_plane.keep_last_good(&plane);
+            let kept = new_plane.keep_last_good(plane);
             let interfaces = new_plane.inventory.interfaces;
             events::inventory_failed(&new_plane.inventory_name(), &e, interfaces);
             warnings.push(if kept {
@@ -363,12 +398,13 @@ impl Control {
         applied.push(format!("log level {}", config.log.level));
         let needs_restart = self.boot.changed(&RestartKeys::of(&config));
         events::reloaded(&applied.join(", "), &needs_restart.join(", "));
-        Ok(Reloaded {
+        let reloaded = Reloaded {
             applied,
             needs_restart,
             mode: mode.as_str().into(),
             warnings,
-        })
+        };
+        Ok((reloaded, config))
     }
 
     /// Rebuilds the TLS state from the `[tls]` in force and the files it names, and swaps
@@ -382,13 +418,25 @@ impl Control {
             .clone();
         let resumption = self.resumption.clone();
         let previous = self.shared.tls();
-        let built = tokio::task::spawn_blocking(move || {
-            TlsState::build(&cfg, &resumption, previous.as_deref())
+        let tls_files = self.files.borrow().paths(&[Role::Tls]);
+        let (seen, built) = tokio::task::spawn_blocking(move || {
+            // Fingerprinted before they are read: a later change is still the watcher's.
+            let seen = fingerprints_of(tls_files);
+            (
+                seen,
+                TlsState::build(&cfg, &resumption, previous.as_deref()),
+            )
         })
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))?;
+        self.files.send_modify(|f| f.seen.extend(seen));
         match built {
             Ok(state) => {
+                if let Some(s) = &state {
+                    for w in &s.warnings {
+                        events::config_warning(&format_args!("{}: {}", w.key, w.message));
+                    }
+                }
                 self.shared.set_tls(state);
                 Ok(())
             }
@@ -655,9 +703,14 @@ impl Control {
         W: FnOnce(&mut DocumentMut) -> Result<(), DocError> + Send + 'static,
     {
         let path = self.config_path.clone();
-        let saved = tokio::task::spawn_blocking(move || persist::edit(&path, write))
-            .await
-            .map_err(|e| PersistError::Task(e.to_string()))??;
+        let config = self.files.borrow().paths(&[Role::Config]);
+        let (saved, seen) = tokio::task::spawn_blocking(move || {
+            // moat's own write: not a change for the watcher to apply again.
+            persist::edit(&path, write).map(|saved| (saved, fingerprints_of(config)))
+        })
+        .await
+        .map_err(|e| PersistError::Task(e.to_string()))??;
+        self.files.send_modify(|f| f.seen.extend(seen));
         let warning = saved.warning(&self.config_path);
         if let Some(w) = &warning {
             events::config_warning(w);
@@ -668,7 +721,15 @@ impl Control {
     /// Re-reads the security-group inventory if its file changed; returns how long to wait
     /// before the next look.
     pub async fn refresh_inventory(&self) -> Duration {
-        let mut plane = self.plane.lock().await;
+        let plane = self.plane.lock().await;
+        self.refresh_inventory_locked(plane)
+    }
+
+    /// [`Control::refresh_inventory`] under the change lock.
+    pub(super) fn refresh_inventory_locked(
+        &self,
+        mut plane: MutexGuard<'_, FirewallPlane>,
+    ) -> Duration {
         match plane.check_inventory() {
             InventoryChange::Loaded => {
                 let fw = tokio::task::block_in_place(|| plane.compile());

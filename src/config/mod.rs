@@ -44,6 +44,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth_throttle: AuthThrottleConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
     /// What validation found worth saying but not refusing (e.g. overlapping rules), by
     /// key path; `moat check` prints them and `run` logs them.
     #[serde(skip)]
@@ -113,6 +115,32 @@ impl AuthThrottleConfig {
             ban: self.ban,
             exempt: self.exempt_nets.clone(),
             max_sources: self.max_sources,
+        }
+    }
+}
+
+/// `[watch]`: files that change under moat (the config, certificates, keys, password and
+/// OCSP files, the client CA, the inventory) are applied as a reload would, without a signal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Quiet time after the last change before the files are looked at: a rotation that
+    /// writes several files (or a symlink swap) is applied once, whole.
+    #[serde(default = "default_watch_debounce", deserialize_with = "duration")]
+    pub debounce: Duration,
+}
+
+fn default_watch_debounce() -> Duration {
+    Duration::from_millis(200)
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            enabled: true,
+            debounce: default_watch_debounce(),
         }
     }
 }
@@ -451,8 +479,13 @@ pub struct DomainConfig {
     pub cert: PathBuf,
     /// PEM private key: PKCS#8, PKCS#1 or SEC1, or encrypted PKCS#8 with...
     pub key: PathBuf,
-    /// ...its password in this file (one trailing newline is ignored).
+    /// ...its password in this file (one trailing newline is ignored)...
     pub key_password_file: Option<PathBuf>,
+    /// ...or in this systemd credential (`$CREDENTIALS_DIRECTORY/NAME`, e.g. from
+    /// `LoadCredentialEncrypted=`).
+    pub key_password_credential: Option<String>,
+    /// A DER OCSP response for the leaf certificate, stapled while it is good and current.
+    pub ocsp: Option<PathBuf>,
     /// Which domain scope the names belong to (`moat certs scope new` writes it); `moat
     /// check` warns when two deployments share a deployment scope.
     pub scope: Option<Scope>,

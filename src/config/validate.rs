@@ -116,6 +116,8 @@ impl Config {
             t.max_sources,
             THROTTLE_SOURCES,
         );
+        let debounce = self.watch.debounce;
+        duration_in(bad, "watch.debounce", debounce, WATCH_DEBOUNCE);
     }
 
     fn validate_tls(&mut self, base: &Path, bad: &mut Vec<Invalid>) {
@@ -135,6 +137,9 @@ impl Config {
             d.cert = base.join(&d.cert);
             d.key = base.join(&d.key);
             if let Some(p) = &mut d.key_password_file {
+                *p = base.join(&*p);
+            }
+            if let Some(p) = &mut d.ocsp {
                 *p = base.join(&*p);
             }
             for h in d.hostnames.iter_mut() {
@@ -166,6 +171,7 @@ impl Config {
                 ));
             }
             seen_names.push(&d.name);
+            validate_password_source(i, d, bad);
             for (j, h) in d.hostnames.iter().enumerate() {
                 if let Err(msg) = check_hostname(h) {
                     bad.push(Invalid::new(
@@ -338,6 +344,9 @@ pub const THROTTLE_BAN: (Duration, Duration) = (secs(1), secs(30 * 86_400));
 pub const THROTTLE_SOURCES: (usize, usize) = (16, 10_000_000);
 /// `egress[].max_connections`.
 pub const EGRESS_MAX_CONNECTIONS: (usize, usize) = (1, 1_000_000);
+/// `watch.debounce`: below 10 ms a rotation's files are seen half-written; above a minute
+/// a rotation waits too long.
+pub const WATCH_DEBOUNCE: (Duration, Duration) = (ms(10), secs(60));
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -455,6 +464,31 @@ fn validate_acme(
         duration_in(bad, &key("renew_before"), r, ACME_RENEW_BEFORE);
     }
     duration_in(bad, &key("retry_min"), a.retry_min, ACME_RETRY_MIN);
+}
+
+/// A key's password comes from one place: a file, or a systemd credential named by a plain
+/// file name (systemd puts it in `$CREDENTIALS_DIRECTORY`).
+fn validate_password_source(i: usize, d: &DomainConfig, bad: &mut Vec<Invalid>) {
+    let key = format!("tls.domains[{i}].key_password_credential");
+    let Some(name) = &d.key_password_credential else {
+        return;
+    };
+    if d.key_password_file.is_some() {
+        bad.push(Invalid::new(
+            key,
+            "key_password_file is set too: the password comes from one place, keep one of them",
+        ));
+    } else if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.contains(['/', '\0'])
+    {
+        bad.push(Invalid::new(
+            key,
+            format!("`{name}` is not a credential name: write the NAME of `LoadCredential=NAME:...` or `LoadCredentialEncrypted=NAME:...` (a file name, no `/`)"),
+        ));
+    }
 }
 
 /// An egress listener relays whoever reaches it to the peer: off loopback, only with

@@ -28,9 +28,17 @@ pub enum CertError {
     NoCertificate { path: PathBuf },
     #[error("{} is empty: it should hold the key's password", path.display())]
     EmptyPassword { path: PathBuf },
+    #[error("key_password_credential = \"{name}\" is read from $CREDENTIALS_DIRECTORY, which is not set: systemd sets it for a unit with LoadCredential={name}:... or LoadCredentialEncrypted={name}:...; elsewhere use key_password_file")]
+    NoCredentialsDirectory { name: String },
+    #[error("credential {name}: cannot read {}: {source} (does the unit have LoadCredentialEncrypted={name}:...?)", path.display())]
+    Credential {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{} is an encrypted key: set key_password_file to the file holding its password", path.display())]
     EncryptedWithoutPassword { path: PathBuf },
-    #[error("{} is not encrypted, but key_password_file is set: encrypt the key (moat certs issue --encrypt-key, or openssl pkcs8 -topk8 -v2 aes-256-cbc) or remove key_password_file", path.display())]
+    #[error("{} is not encrypted, but a key password is set: encrypt the key (moat certs issue --encrypt-key, or openssl pkcs8 -topk8 -v2 aes-256-cbc) or remove key_password_file (or key_password_credential)", path.display())]
     PasswordWithoutEncryption { path: PathBuf },
     #[error("{} holds no private key (expected a PKCS#8 `BEGIN PRIVATE KEY`, PKCS#1 `BEGIN RSA PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY` block)", path.display())]
     NoKey { path: PathBuf },
@@ -38,7 +46,7 @@ pub enum CertError {
     NotEncryptedBlock { path: PathBuf },
     #[error("{}: not an encrypted PKCS#8 key: {message}", path.display())]
     NotPkcs8 { path: PathBuf, message: String },
-    #[error("cannot decrypt {} with the password in key_password_file ({message}): wrong password?", path.display())]
+    #[error("cannot decrypt {} with the password from key_password_file or key_password_credential ({message}): wrong password?", path.display())]
     Decrypt { path: PathBuf, message: String },
     #[error("{}: unusable private key: {message}", path.display())]
     UnusableKey { path: PathBuf, message: String },
@@ -107,7 +115,47 @@ impl Secret {
 /// Reads a password file; one trailing newline (`\n` or `\r\n`) is not part of the
 /// password, as with `openssl -passin file:`.
 pub fn read_password(path: &Path) -> Result<Secret, CertError> {
-    let mut bytes = Zeroizing::new(read(path)?);
+    password_from(Zeroizing::new(read(path)?), path)
+}
+
+/// The environment variable systemd points at a unit's decrypted credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Reads the systemd credential `name` from `dir` (`$CREDENTIALS_DIRECTORY`), as a
+/// password file is read.
+pub fn read_credential(dir: Option<&Path>, name: &str) -> Result<Secret, CertError> {
+    let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) else {
+        return Err(CertError::NoCredentialsDirectory {
+            name: name.to_string(),
+        });
+    };
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|source| CertError::Credential {
+        name: name.to_string(),
+        path: path.clone(),
+        source,
+    })?;
+    password_from(Zeroizing::new(bytes), &path)
+}
+
+/// The key's password for a domain: from `key_password_file` or `key_password_credential`
+/// (validation allows one of them), and which key names it.
+pub fn domain_password(d: &DomainConfig) -> Result<Option<Secret>, (Which, CertError)> {
+    if let Some(p) = &d.key_password_file {
+        return read_password(p)
+            .map(Some)
+            .map_err(|e| (Which::KeyPasswordFile, e));
+    }
+    if let Some(name) = &d.key_password_credential {
+        let dir = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
+        return read_credential(dir.as_deref(), name)
+            .map(Some)
+            .map_err(|e| (Which::KeyPasswordCredential, e));
+    }
+    Ok(None)
+}
+
+fn password_from(mut bytes: Zeroizing<Vec<u8>>, path: &Path) -> Result<Secret, CertError> {
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -183,6 +231,7 @@ pub enum Which {
     Cert,
     Key,
     KeyPasswordFile,
+    KeyPasswordCredential,
 }
 
 impl Which {
@@ -192,6 +241,7 @@ impl Which {
             Which::Cert => "cert",
             Which::Key => "key",
             Which::KeyPasswordFile => "key_password_file",
+            Which::KeyPasswordCredential => "key_password_credential",
         }
     }
 }
@@ -203,10 +253,7 @@ pub fn certified_key(
 ) -> Result<Arc<CertifiedKey>, (Which, CertError)> {
     let chain = load_chain(&d.cert).map_err(|e| (Which::Cert, e))?;
     check_chain_order(&chain, &d.cert).map_err(|e| (Which::Cert, e))?;
-    let password = match &d.key_password_file {
-        Some(p) => Some(read_password(p).map_err(|e| (Which::KeyPasswordFile, e))?),
-        None => None,
-    };
+    let password = domain_password(d)?;
     let der = load_key(&d.key, password.as_ref()).map_err(|e| (Which::Key, e))?;
     drop(password);
     pair(chain, der, provider, &d.cert, &d.key)
@@ -396,6 +443,28 @@ mod tests {
         assert_eq!(read_password(&p).unwrap().as_bytes(), b"s3cret\n");
         std::fs::write(&p, "\n").unwrap();
         assert!(read_password(&p).is_err());
+    }
+
+    #[test]
+    fn a_systemd_credential_is_read_as_a_password_file_and_its_absence_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("moat-key"), "s3cret\n").unwrap();
+        let pw = read_credential(Some(dir.path()), "moat-key").unwrap();
+        assert_eq!(pw.as_bytes(), b"s3cret");
+        let e = read_credential(None, "moat-key").unwrap_err().to_string();
+        assert!(
+            e.contains("$CREDENTIALS_DIRECTORY, which is not set")
+                && e.contains("LoadCredentialEncrypted=moat-key:"),
+            "{e}"
+        );
+        let e = read_credential(Some(dir.path()), "other")
+            .unwrap_err()
+            .to_string();
+        let path = dir.path().join("other");
+        assert!(
+            e.starts_with(&format!("credential other: cannot read {}", path.display())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and it is rustls' default, so the fast path is also the well-trodden one.
 
 pub mod certs;
+pub mod ocsp;
 pub mod sni;
 
 use std::sync::{Arc, Mutex};
@@ -101,8 +102,12 @@ pub struct TlsState {
     pub resolver: Arc<SniResolver>,
     pub client_certificates: ClientCertificates,
     /// What was worth saying but not refusing: an ACME domain's files not issued yet or
-    /// unusable (so served from a stand-in and renewed now), expired or missing a name.
+    /// unusable (so served from a stand-in and renewed now), expired or missing a name; an
+    /// OCSP response not stapled.
     pub warnings: Vec<Invalid>,
+    /// The earliest nextUpdate (Unix seconds) of the OCSP responses stapled: the TLS state
+    /// is rebuilt then, so an expired response is never sent.
+    pub staples_expire: Option<i64>,
 }
 
 impl TlsState {
@@ -217,6 +222,33 @@ impl TlsState {
                 origin: Origin::Files,
             });
         }
+        let mut staples_expire = None;
+        if bad.is_empty() {
+            for (i, (d, domain)) in cfg.domains.iter().zip(domains.iter_mut()).enumerate() {
+                let Some(path) = d
+                    .ocsp
+                    .as_deref()
+                    .filter(|_| domain.origin != Origin::Placeholder)
+                else {
+                    continue;
+                };
+                match ocsp::load(path, &domain.key.cert, now) {
+                    Ok(staple) => {
+                        if let Some(next) = staple.next_update {
+                            staples_expire =
+                                Some(staples_expire.map_or(next, |e: i64| e.min(next)));
+                        }
+                        let mut key = CertifiedKey::clone(&domain.key);
+                        key.ocsp = Some(staple.der);
+                        domain.key = Arc::new(key);
+                    }
+                    Err(e) => warnings.push(Invalid::new(
+                        format!("tls.domains[{i}].ocsp"),
+                        format!("{e}; the certificate is served without a stapled OCSP response"),
+                    )),
+                }
+            }
+        }
         let verifier = client_verifier(cfg, &provider).map_err(|p| {
             bad.push(p);
         });
@@ -251,6 +283,7 @@ impl TlsState {
             resolver,
             client_certificates: cfg.client_certificates,
             warnings,
+            staples_expire,
         }))
     }
 
@@ -310,9 +343,17 @@ fn stand_in(
         .and_then(|p| p.domain(&d.name))
         .filter(|p| p.origin != Origin::Placeholder);
     if let Some(p) = kept {
+        // Its OCSP response is stapled again only if the domain's `ocsp` file still fits.
+        let key = match &p.key.ocsp {
+            Some(_) => Arc::new(CertifiedKey {
+                ocsp: None,
+                ..CertifiedKey::clone(&p.key)
+            }),
+            None => p.key.clone(),
+        };
         return Ok(Domain {
             name: d.name.clone(),
-            key: p.key.clone(),
+            key,
             hostnames: d.hostnames.clone(),
             not_after: p.not_after,
             serial: p.serial.clone(),
