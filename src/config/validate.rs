@@ -563,12 +563,19 @@ fn show(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
 
+/// The domains' names for an error message: the first few, and how many more, so that a
+/// config with a thousand domains still gets a one-line error.
 fn names(domains: &[DomainConfig]) -> String {
-    let v: Vec<&str> = domains.iter().map(|d| d.name.as_str()).collect();
-    if v.is_empty() {
-        "none".to_string()
-    } else {
-        v.join(", ")
+    const SHOWN: usize = 8;
+    let v: Vec<&str> = domains
+        .iter()
+        .take(SHOWN)
+        .map(|d| d.name.as_str())
+        .collect();
+    match domains.len() {
+        0 => "none".to_string(),
+        n if n > SHOWN => format!("{} and {} more", v.join(", "), n - SHOWN),
+        _ => v.join(", "),
     }
 }
 
@@ -720,5 +727,31 @@ fn others(mode: u32, bits: u32) -> Option<&'static str> {
         (true, false) => Some("its group"),
         (false, true) => Some("all users"),
         (false, false) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains(n: usize) -> Vec<DomainConfig> {
+        (0..n)
+            .map(|i| {
+                toml::from_str(&format!(
+                    "name = \"d{i}\"\nhostnames = [\"d{i}.example.net\"]\ncert = \"c.pem\"\nkey = \"k.pem\""
+                ))
+                .expect("a domain")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_error_names_a_few_domains_and_counts_the_rest() {
+        assert_eq!(names(&domains(0)), "none");
+        assert_eq!(names(&domains(2)), "d0, d1");
+        assert_eq!(
+            names(&domains(1000)),
+            "d0, d1, d2, d3, d4, d5, d6, d7 and 992 more"
+        );
     }
 }
