@@ -77,6 +77,14 @@ pub fn parse(buf: &[u8], mode: ProxyProtocol) -> Parsed {
     if !(prefix_of(b"PROXY ") || prefix_of(V2_SIGNATURE)) {
         return Parsed::Invalid(HeaderError::Missing);
     }
+    // A v1 line ends with CRLF. ppp takes a bare LF as the end when it is the last byte
+    // read and waits for CRLF when more follow, so the same bytes would be a header or not
+    // depending on how TCP cut them: refuse a bare LF, however the bytes arrive.
+    if buf.starts_with(b"PROXY ") && bare_lf(buf) {
+        return Parsed::Invalid(HeaderError::MalformedV1(
+            "the line ends with a bare LF, not CRLF".into(),
+        ));
+    }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
         return if buf.len() >= MAX_HEADER {
@@ -110,6 +118,14 @@ pub fn parse(buf: &[u8], mode: ProxyProtocol) -> Parsed {
         HeaderResult::V2(Ok(_)) => Parsed::Invalid(HeaderError::WrongV2),
         HeaderResult::V1(Err(e)) => Parsed::Invalid(HeaderError::MalformedV1(e.to_string())),
         HeaderResult::V2(Err(e)) => Parsed::Invalid(HeaderError::MalformedV2(e.to_string())),
+    }
+}
+
+/// Whether the first line of a v1 header ends in a LF without the CR before it.
+fn bare_lf(buf: &[u8]) -> bool {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => i == 0 || buf[i - 1] != b'\r',
+        None => false,
     }
 }
 
@@ -214,5 +230,27 @@ mod tests {
         assert!(looks_like_header(&v2([1, 2, 3, 4], 1)));
         assert!(!looks_like_header(&[0x16, 0x03, 0x01, 0x02, 0x00]));
         assert!(!looks_like_header(&[0x5f, 0, 0, 0]));
+    }
+
+    #[test]
+    fn a_bare_lf_is_refused_however_the_bytes_are_cut() {
+        // Found by the proxy_header fuzz target: ppp took this as a 49-byte header when
+        // the read ended at the LF, and waited for a CRLF when one more byte followed.
+        let bytes = b"PROXY UNKNOWN ddddddddXY UNKNOWN dN ddddddddddN \ndddd";
+        for end in 49..=bytes.len() {
+            assert!(
+                matches!(
+                    parse(&bytes[..end], ProxyProtocol::Any),
+                    Parsed::Invalid(HeaderError::MalformedV1(_))
+                ),
+                "{end} bytes"
+            );
+        }
+        assert_eq!(parse(&bytes[..48], ProxyProtocol::Any), Parsed::Incomplete);
+        let good = b"PROXY TCP4 10.0.0.5 127.0.0.1 51234 27017\r\n";
+        assert!(matches!(
+            parse(good, ProxyProtocol::V1),
+            Parsed::Header { len: 43, .. }
+        ));
     }
 }
