@@ -24,9 +24,7 @@ tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$tmp"' EXIT
 ulimit -n "$(ulimit -Hn)"
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-cpu() { awk '{printf "%.3f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+. "$here/lib.sh"
 
 certs=${CERTS:-$tmp/certs}
 [[ -f $certs/ca.pem ]] || "$LG" certs --out "$certs" >/dev/null

@@ -20,8 +20,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+. "$here/lib.sh"
 bport=$(port)
 "$LG" backend --listen "127.0.0.1:$bport" >/dev/null 2>&1 & pids+=($!)
 wait_port "$bport"
@@ -58,7 +57,6 @@ while True:
 esac
 
 # CPU seconds (user + system) moat has used: steadier than req/s on a shared 2-core box.
-cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 
 declare -A ports mpids
 for side in on off; do

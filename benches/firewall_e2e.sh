@@ -15,7 +15,7 @@ cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. "$here/lib.sh"
 bport=$(port)
 "$LG" backend --listen "127.0.0.1:$bport" >/dev/null 2>&1 & pids+=($!)
 

@@ -95,12 +95,13 @@ fn wait_for_serial(moat: &Moat, ca: &Path, want: &str, within: Duration) -> Dura
     start.elapsed()
 }
 
-#[test]
-fn a_secret_symlink_swap_is_served_within_2s_without_a_signal_and_a_bad_pair_is_kept_out() {
+/// moat serving a Secret-style directory with the test CA's certificate, watching it.
+/// The upstream and the directory live as long as the returned values.
+fn watched_secret() -> (Mongo, Pki, tempfile::TempDir, Secret, Moat) {
     let mongo = Mongo::start();
     let pki = Pki::new();
     let dir = tempdir();
-    let mut secret = Secret::new(&dir.path().join("tls"), &pki.cert, &pki.key);
+    let secret = Secret::new(&dir.path().join("tls"), &pki.cert, &pki.key);
     let moat = Moat::start(&config_for(
         &mongo.addr(),
         &secret.cert(),
@@ -108,6 +109,12 @@ fn a_secret_symlink_swap_is_served_within_2s_without_a_signal_and_a_bad_pair_is_
         "",
     ));
     moat.lines().wait_for("watching 3 files in", DEADLINE);
+    (mongo, pki, dir, secret, moat)
+}
+
+#[test]
+fn a_secret_symlink_swap_is_served_within_2s_without_a_signal_and_a_bad_pair_is_kept_out() {
+    let (_mongo, pki, _dir, mut secret, moat) = watched_secret();
     let mut open = tls_connect(moat.addr, &pki.ca, "localhost").unwrap();
     let first = file_serial(&pki.cert);
     assert_eq!(served_serial(&open), first);
@@ -236,17 +243,7 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[test]
 fn an_event_storm_in_the_watched_directory_costs_little_and_reloads_nothing() {
-    let mongo = Mongo::start();
-    let pki = Pki::new();
-    let dir = tempdir();
-    let mut secret = Secret::new(&dir.path().join("tls"), &pki.cert, &pki.key);
-    let moat = Moat::start(&config_for(
-        &mongo.addr(),
-        &secret.cert(),
-        &secret.key(),
-        "",
-    ));
-    moat.lines().wait_for("watching 3 files in", DEADLINE);
+    let (_mongo, pki, _dir, mut secret, moat) = watched_secret();
     let before = cpu_time(moat.proc.child.id());
     // Some 30,000 events that all count (`..` names; the watched name itself replaced by
     // the same bytes), none of them a change.
