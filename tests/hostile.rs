@@ -54,38 +54,11 @@ fn with_handshake_timeout(config: String, t: &str) -> String {
 
 // ---- observing moat from outside -------------------------------------------------------
 
-fn metrics_addr(m: &Moat) -> SocketAddr {
-    let line = m
-        .lines()
-        .wait_for("metrics and health on http://", DEADLINE);
-    line.split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"))
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = tcp(addr);
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp
-}
-
-/// The value of the sample `key` (`name{labels}` as printed), 0 when absent.
+/// The value of the sample `key` (`name{labels}` as printed) in one scrape, 0 when absent.
 fn sample(text: &str, key: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-fn metric(addr: SocketAddr, key: &str) -> f64 {
-    sample(&scrape(addr), key)
 }
 
 fn rejected(addr: SocketAddr, reason: &str) -> f64 {
@@ -97,7 +70,7 @@ fn rejected(addr: SocketAddr, reason: &str) -> f64 {
 
 /// `moat_connections_open`, both transports.
 fn open_connections(addr: SocketAddr) -> f64 {
-    let text = scrape(addr);
+    let (_, text) = http_get(addr, "/metrics");
     sample(&text, "moat_connections_open{transport=\"tls\"}")
         + sample(&text, "moat_connections_open{transport=\"plaintext\"}")
 }
@@ -345,7 +318,7 @@ fn slowloris_is_closed_at_handshake_timeout_while_a_client_keeps_working() {
         config_with(&mongo.addr(), "preferSSL", &pki, "", METRICS),
         "3s",
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let pid = m.proc.child.id();
     let client = Latency::start(&uri("localhost", m.port(), ""), None);
     let control = Latency::start(&uri("localhost", mongo.port, ""), None);
@@ -823,7 +796,7 @@ fn malformed_wire_messages_go_to_the_upstream_and_stop_inspection() {
         "",
         &format!("{METRICS}{DEBUG_LOG}"),
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let cases = wire_cases();
     for (name, bytes, expect) in &cases {
         let mut s = tcp(m.addr);
@@ -860,7 +833,7 @@ fn malformed_wire_messages_are_judged_by_a_real_upstream_and_leave_nothing_stuck
     let mongo = Mongo::start();
     let pki = Pki::new();
     let mut m = Moat::start(&config_with(&mongo.addr(), "preferSSL", &pki, "", METRICS));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     for (name, bytes, _) in wire_cases() {
         let mut s = tcp(m.addr);
         // The upstream may close before taking everything: that is its decision.
@@ -897,7 +870,7 @@ fn garbage_after_a_tls_record_header_is_refused_counted_and_logged() {
         "",
         METRICS,
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("noise", [&[0x16, 0x03, 0x01][..], &noise(1, 300)].concat()),
         (
@@ -941,7 +914,7 @@ fn a_client_hello_in_one_byte_segments_completes_the_handshake() {
     let mongo = Mongo::start();
     let pki = Pki::new();
     let mut m = Moat::start(&config_with(&mongo.addr(), "preferSSL", &pki, "", METRICS));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let name = rustls::pki_types::ServerName::try_from("localhost".to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(tls_client(&pki.ca, None), name).unwrap();
     let mut hello = Vec::new();
@@ -1009,7 +982,7 @@ fn client_initiated_renegotiation_is_refused() {
         "",
         METRICS,
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     // openssl s_client's `R` asks for a TLS 1.2 renegotiation; -msg shows the alerts.
     let mut s_client = Command::new("openssl")
         .args([
@@ -1080,7 +1053,7 @@ fn an_oversized_record_after_the_handshake_ends_only_its_connection() {
         "",
         METRICS,
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     // A record far longer than TLS allows, after a completed handshake.
     let mut s = tls_connect(m.addr, &pki.ca, "localhost").unwrap();
     s.write_all(b"ping").unwrap();
@@ -1149,7 +1122,7 @@ fn a_client_that_stops_reading_costs_bounded_memory_and_is_closed_when_idle() {
         "idle_timeout = \"3s\"",
         METRICS,
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let pid = m.proc.child.id();
     let before = rss_kb(pid);
     // Completes the handshake, then never reads.
@@ -1236,7 +1209,7 @@ fn proxy_headers_split_oversized_with_tlvs_or_from_untrusted_peers() {
         "proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
         METRICS,
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
 
     // Accepted: split across segments, byte by byte, with TLVs, LOCAL.
     let v1 = b"PROXY TCP4 127.0.0.9 127.0.0.1 40001 27017\r\n";
@@ -1400,7 +1373,7 @@ fn admin_socket_abuse_neither_blocks_ctl_nor_slows_the_data_path() {
         "",
         &format!("{ADMIN}{METRICS}"),
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let u = uri("localhost", m.port(), "");
     let baseline = Latency::start(&u, Some(P99_WINDOW)).wait();
     let during = Latency::start(&u, None);
@@ -1517,7 +1490,7 @@ fn out_of_descriptors_moat_backs_off_logs_once_a_second_and_recovers() {
         config_with(&up.addr.to_string(), "preferSSL", &pki, "", METRICS),
         "120s",
     ));
-    let metrics = metrics_addr(&m);
+    let metrics = moat_metrics_addr(&m);
     let pid = m.proc.child.id();
     // As `ulimit -n 256`: moat raised its soft limit to the hard one at start, so both.
     limit_nofile(pid, 256);

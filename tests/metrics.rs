@@ -10,40 +10,6 @@ use std::time::{Duration, Instant};
 
 use moat_test_support::*;
 
-/// `GET path` over HTTP/1.1: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tcp(addr);
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The metrics address from moat's log line.
-fn metrics_addr(m: &Moat) -> SocketAddr {
-    let line = m
-        .lines()
-        .wait_for("metrics and health on http://", DEADLINE);
-    line.split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"))
-}
-
 /// Samples `name{labels} value` keyed by `name{labels}` as printed.
 fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -102,7 +68,7 @@ fn a_scripted_mix_of_connections_gives_exact_counters() {
         )
         .replace("handshake_timeout = \"5s\"\n", ""),
     );
-    let maddr = metrics_addr(&m);
+    let maddr = moat_metrics_addr(&m);
 
     // 2 TLS (each its own client: full handshakes), 3 plaintext, each "ping" echoed.
     for _ in 0..2 {
@@ -142,7 +108,7 @@ fn a_scripted_mix_of_connections_gives_exact_counters() {
     std::fs::write(m.config_path(), good).unwrap();
     m.lines().wait_for_nth("end connection", 8, DEADLINE);
 
-    let (status, text) = get(maddr, "/metrics");
+    let (status, text) = http_get(maddr, "/metrics");
     assert_eq!(status, 200);
     let v = samples(&text);
     let expect = [
@@ -216,7 +182,7 @@ fn auth_results_are_counted_by_mechanism() {
     assert!(!bad.ok);
     m.lines()
         .wait_for("authentication failed for bob", DEADLINE);
-    let v = samples(&get(metrics_addr(&m), "/metrics").1);
+    let v = samples(&http_get(moat_metrics_addr(&m), "/metrics").1);
     assert_eq!(
         v["moat_auth_total{mechanism=\"SCRAM-SHA-256\",result=\"success\"}"],
         1.0
@@ -235,7 +201,7 @@ fn auth_results_are_counted_by_mechanism() {
 fn wait_ready(addr: SocketAddr, want: u16) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let (status, body) = get(addr, "/readyz");
+        let (status, body) = http_get(addr, "/readyz");
         if status == want {
             return body;
         }
@@ -256,8 +222,8 @@ fn readyz_follows_the_upstream_without_client_traffic() {
         "",
         METRICS,
     ));
-    let addr = metrics_addr(&m);
-    assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_string()));
+    let addr = moat_metrics_addr(&m);
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(wait_ready(addr, 200), "ready\n");
 
     drop(listener);
@@ -266,13 +232,13 @@ fn readyz_follows_the_upstream_without_client_traffic() {
         why.starts_with("not ready: upstream") && why.contains("refused"),
         "{why}"
     );
-    assert_eq!(get(addr, "/healthz").0, 200, "alive while not ready");
-    let v = samples(&get(addr, "/metrics").1);
+    assert_eq!(http_get(addr, "/healthz").0, 200, "alive while not ready");
+    let v = samples(&http_get(addr, "/metrics").1);
     assert_eq!(v["moat_upstream_ready"], 0.0);
 
     let _back = std::net::TcpListener::bind(upstream).unwrap();
     wait_ready(addr, 200);
-    assert_eq!(get(addr, "/nope").0, 404);
+    assert_eq!(http_get(addr, "/nope").0, 404);
 }
 
 #[test]
@@ -286,14 +252,14 @@ fn readyz_says_shutting_down_during_the_drain() {
         "",
         METRICS,
     ));
-    let addr = metrics_addr(&m);
+    let addr = moat_metrics_addr(&m);
     wait_ready(addr, 200);
     let mut open = tcp(m.addr);
     assert!(echo_ok(&mut open));
     m.proc.signal("TERM");
     m.lines().wait_for("no longer accepting", DEADLINE);
     assert_eq!(wait_ready(addr, 503), "not ready: shutting down\n");
-    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(http_get(addr, "/healthz").0, 200);
 }
 
 /// Every `moat_*` name a PromQL expression uses (histogram suffixes removed).
@@ -328,7 +294,7 @@ fn the_dashboard_and_alerts_use_only_metrics_moat_exports() {
         "",
         METRICS,
     ));
-    let text = get(metrics_addr(&m), "/metrics").1;
+    let text = http_get(moat_metrics_addr(&m), "/metrics").1;
     let exported: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -508,7 +474,7 @@ fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
         "",
         METRICS,
     ));
-    let addr = metrics_addr(&m);
+    let addr = moat_metrics_addr(&m);
     let mut flood = tcp(addr);
     // Short, so the loop below sees when moat stops reading.
     flood
@@ -539,7 +505,7 @@ fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
         .recv_timeout(DEADLINE)
         .expect("moat stops reading a client that does not read");
     // Meanwhile the endpoint answers everyone else.
-    assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()));
     let ended = end_rx.recv_timeout(DEADLINE + DEADLINE).unwrap();
     writer.join().unwrap();
     assert!(
@@ -551,7 +517,7 @@ fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
     );
     m.lines()
         .wait_for("did not take its response within 10s", DEADLINE);
-    let v = samples(&get(addr, "/metrics").1);
+    let v = samples(&http_get(addr, "/metrics").1);
     assert_eq!(
         v["moat_metrics_connections_dropped_total{reason=\"write_timeout\"}"],
         1.0
@@ -569,7 +535,7 @@ fn beyond_64_connections_new_ones_are_closed_until_a_slot_frees() {
         "",
         METRICS,
     ));
-    let addr = metrics_addr(&m);
+    let addr = moat_metrics_addr(&m);
     // Each one answered, so moat holds all 64 (until they idle out).
     let mut held: Vec<_> = (0..64)
         .map(|_| {
@@ -602,7 +568,7 @@ fn beyond_64_connections_new_ones_are_closed_until_a_slot_frees() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(healthz, (200, "ok\n".to_string()));
-    let v = samples(&get(addr, "/metrics").1);
+    let v = samples(&http_get(addr, "/metrics").1);
     assert!(v["moat_metrics_connections_dropped_total{reason=\"limit\"}"] >= 1.0);
     drop(held);
 }
@@ -620,7 +586,7 @@ fn metrics_allow_admits_listed_sources_and_closes_others() {
         "",
         metrics,
     ));
-    let addr = SocketAddr::from(([127, 0, 0, 1], metrics_addr(&m).port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], moat_metrics_addr(&m).port()));
     assert_eq!(
         try_get_from("127.0.0.2", addr, "/healthz"),
         Some((200, "ok\n".to_string()))
@@ -648,9 +614,9 @@ fn bytes_and_open_connections_follow_the_traffic() {
         "",
         METRICS,
     ));
-    let addr = metrics_addr(&m);
+    let addr = moat_metrics_addr(&m);
     let scrape = |what: &[(&str, f64)]| {
-        let text = get(addr, "/metrics").1;
+        let text = http_get(addr, "/metrics").1;
         let v = samples(&text);
         for (k, want) in what {
             assert_eq!(v.get(*k), Some(want), "{k} in\n{text}");
@@ -690,7 +656,7 @@ fn bytes_and_open_connections_follow_the_traffic() {
 fn wait_sample(addr: SocketAddr, name: &str, want: f64) -> BTreeMap<String, f64> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let v = samples(&get(addr, "/metrics").1);
+        let v = samples(&http_get(addr, "/metrics").1);
         if v.get(name) == Some(&want) {
             return v;
         }
@@ -711,7 +677,7 @@ fn silent_clients_and_load_balancer_health_checks_count_as_closed_before_speakin
         "proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.5/32\"]",
         &format!("{METRICS}{firewall}"),
     ));
-    let maddr = metrics_addr(&m);
+    let maddr = moat_metrics_addr(&m);
     // The balancer's TCP health checks: connect, then FIN; connect, then RST.
     drop(tcp_from("127.0.0.5", m.addr).unwrap());
     let s = tcp_from("127.0.0.5", m.addr).unwrap();
@@ -751,7 +717,7 @@ fn require_ssl_clients_cut_mid_request_and_idle_closes_are_counted() {
         "idle_timeout = \"1s\"",
         METRICS,
     ));
-    let maddr = metrics_addr(&m);
+    let maddr = moat_metrics_addr(&m);
     // Half a hello, then gone: refused for requiring TLS, though no reply could be sent.
     let mut s = tcp(m.addr);
     s.write_all(&op_msg_hello(1)[..20]).unwrap();
