@@ -16,6 +16,7 @@ use socket2::{SockRef, TcpKeepalive};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
@@ -151,18 +152,23 @@ impl ConnError {
     }
 }
 
-/// Keeps the connection counted and listed for its lifetime, and logs its end however it
-/// ends (including when the task is dropped at shutdown).
+/// Keeps the connection counted, listed and holding its `max_connections` slot for its
+/// lifetime, and logs its end however it ends (including when the task is dropped at
+/// shutdown).
 struct OpenGuard<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
     id: u64,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.shared.registry.remove(self.id);
         let open = self.shared.close_connection();
+        // Freed before the line that says so: a client that reads "0 connections now
+        // open" and connects again gets the slot.
+        drop(self.slot.take());
         events::ended(self.peer, self.id, open);
     }
 }
@@ -178,9 +184,16 @@ pub fn enable_keepalive(socket: &impl AsFd, time: Duration) -> io::Result<()> {
     SockRef::from(socket).set_tcp_keepalive(&params)
 }
 
-/// Serves one accepted TCP connection to its end. From a `trusted` load balancer, the
-/// PROXY header is read first and the firewall judges the client it names.
-pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared: Arc<Shared>) {
+/// Serves one accepted TCP connection to its end, holding `slot` (its place under
+/// `max_connections`) until then. From a `trusted` load balancer, the PROXY header is read
+/// first and the firewall judges the client it names.
+pub async fn handle(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) {
     let settings = shared.settings_full();
     let deadline = Instant::now() + settings.handshake_timeout;
     let peer = normalize_addr(peer);
@@ -221,6 +234,7 @@ pub async fn handle(mut tcp: TcpStream, peer: SocketAddr, trusted: bool, shared:
         shared: &shared,
         peer,
         id,
+        slot: Some(slot),
     };
     events::accepted(peer, id, open);
     let dial = UpstreamDial {

@@ -171,14 +171,18 @@ pub async fn serve(
         };
         drop(target);
         let (egress, shared) = (egress.clone(), shared.clone());
-        tracker.spawn(async move {
-            handle(local, from, &egress, &shared).await;
-            drop(slot);
-        });
+        tracker.spawn(async move { handle(local, from, &egress, &shared, slot).await });
     }
 }
 
-async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared: &Shared) {
+/// Serves one egress connection to its end, holding `slot` until then.
+async fn handle(
+    mut local: TcpStream,
+    from: SocketAddr,
+    egress: &Egress,
+    shared: &Shared,
+    slot: Slot,
+) {
     let keepalive = shared.settings().tcp_keepalive;
     let _ = local.set_nodelay(true);
     let _ = enable_keepalive(&local, keepalive);
@@ -223,5 +227,7 @@ async fn handle(mut local: TcpStream, from: SocketAddr, egress: &Egress, shared:
         events::egress_failed(id, &target.peer, &e);
     }
     shared.registry.remove(id);
+    // Freed before the line that says so, as for client connections.
+    drop(slot);
     events::egress_ended(id, from);
 }

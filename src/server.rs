@@ -74,10 +74,7 @@ pub async fn run(
             continue;
         };
         let shared = shared.clone();
-        tracker.spawn(async move {
-            conn::handle(tcp, peer, trusted, shared).await;
-            drop(permit);
-        });
+        tracker.spawn(conn::handle(tcp, peer, trusted, shared, permit));
     };
     // Closed before the line that says so: from then on the kernel refuses new clients.
     drop(listener);

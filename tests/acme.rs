@@ -186,6 +186,9 @@ fn tls_alpn01_is_answered_on_moats_own_port_and_the_new_key_is_encrypted() {
     assert_eq!(mode_of(&dir.join("node.pass")), 0o600);
     assert_eq!(mode_of(&dir.join("account.pem")), 0o600);
 
+    // The renewal is scheduled once the issuance is done (and logged after it).
+    m.lines()
+        .wait_for("certificate for domain node is renewed at", DEADLINE);
     let status = m.ctl_json(&["status"]);
     let d = &status["domains"][0];
     assert_eq!(d["acme"], true, "{status}");
@@ -227,13 +230,10 @@ fn a_certificate_inside_its_window_is_renewed_and_an_open_connection_keeps_worki
     assert_eq!(hello_over(&mut old, 1).get_f64("ok").unwrap(), 1.0);
     // The issuance this connection got (the first, unless this machine is slow), then the
     // renewal after it.
-    let issued = m.lines().all();
-    let n = issued
-        .iter()
-        .filter(|l| l.contains("certificate for domain node issued by"))
-        .position(|l| serial_in(l) == first)
-        .unwrap_or_else(|| panic!("{first} was never issued:\n{}", issued.join("\n")))
-        + 1;
+    // (A renewal's line is written a moment after its certificate is served: wait for it.)
+    let n = (1..)
+        .find(|&k| serial_in(&wait_issued(&m, "node", k)) == first)
+        .unwrap();
     let second = serial_in(&wait_issued(&m, "node", n + 1));
     assert_ne!(first, second);
     let new = tls_connect(m.addr, &root, "db1.moat.test").unwrap();

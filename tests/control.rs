@@ -54,6 +54,8 @@ fn full_tls_rollout_cycle_without_restart_and_without_errors() {
     assert!(ops > 0 && errors == 0, "plaintext client: {out}");
     let (ops, errors, out) = tls.unwrap().finish();
     assert!(ops > 0 && errors == 0, "TLS client: {out}");
+    // Log lines are written asynchronously: wait for the fifth, then check there is no sixth.
+    moat.lines().wait_for_nth("SSL mode changed", 5, DEADLINE);
     assert_eq!(moat.lines().count("SSL mode changed"), 5);
 }
 

@@ -163,13 +163,13 @@ fn security_group_rules_follow_the_inventory_without_a_restart() {
     assert!(!admits(&m, "127.0.0.3"));
     assert!(!admits(&m, "127.0.0.8"), "same group id, other account");
 
-    std::fs::write(&inv, inventory(&["127.0.0.3"])).unwrap();
+    write_atomically(&inv, inventory(&["127.0.0.3"]));
     m.lines()
-        .wait_for_nth("security-group inventory", 2, DEADLINE);
+        .wait_for_nth("security-group rules allow", 2, DEADLINE);
     assert!(admits(&m, "127.0.0.3"), "added to the group");
     assert!(!admits(&m, "127.0.0.2"), "removed from the group");
 
-    std::fs::write(&inv, "{ corrupt").unwrap();
+    write_atomically(&inv, "{ corrupt");
     m.lines().wait_for(
         "unusable, keeping the last good one (2 interfaces)",
         DEADLINE,

@@ -264,6 +264,8 @@ fn deep_documents_in_every_client_field_do_not_crash_moat() {
         assert_serving(&mut moat, case);
     }
     // Only the metadata cases are refused as metadata.
+    moat.lines()
+        .wait_for_nth("client metadata too large", 2, DEADLINE);
     assert_eq!(moat.lines().count("client metadata too large"), 2);
 }
 

@@ -97,7 +97,7 @@ fn wait_for_serial(moat: &Moat, ca: &Path, want: &str, within: Duration) -> Dura
 
 /// moat serving a Secret-style directory with the test CA's certificate, watching it.
 /// The upstream and the directory live as long as the returned values.
-fn watched_secret() -> (Mongo, Pki, tempfile::TempDir, Secret, Moat) {
+fn watched_secret(sections: &str) -> (Mongo, Pki, tempfile::TempDir, Secret, Moat) {
     let mongo = Mongo::start();
     let pki = Pki::new();
     let dir = tempdir();
@@ -106,15 +106,15 @@ fn watched_secret() -> (Mongo, Pki, tempfile::TempDir, Secret, Moat) {
         &mongo.addr(),
         &secret.cert(),
         &secret.key(),
-        "",
+        sections,
     ));
     moat.lines().wait_for("watching 3 files in", DEADLINE);
     (mongo, pki, dir, secret, moat)
 }
 
 #[test]
-fn a_secret_symlink_swap_is_served_within_2s_without_a_signal_and_a_bad_pair_is_kept_out() {
-    let (_mongo, pki, _dir, mut secret, moat) = watched_secret();
+fn a_secret_symlink_swap_is_served_without_a_signal_and_a_bad_pair_is_kept_out() {
+    let (_mongo, pki, _dir, mut secret, moat) = watched_secret("");
     let mut open = tls_connect(moat.addr, &pki.ca, "localhost").unwrap();
     let first = file_serial(&pki.cert);
     assert_eq!(served_serial(&open), first);
@@ -124,7 +124,8 @@ fn a_secret_symlink_swap_is_served_within_2s_without_a_signal_and_a_bad_pair_is_
     let second = file_serial(&cert);
     assert_ne!(first, second);
     secret.put("..2026_b", &cert, &key);
-    let took = wait_for_serial(&moat, &pki.ca, &second, Duration::from_secs(2));
+    // About 0.2 s here (the debounce, then a reload); how fast is a benchmark's question.
+    let took = wait_for_serial(&moat, &pki.ca, &second, DEADLINE);
     println!("the swapped certificate was served after {took:?}");
     moat.lines().wait_for("changed on disk: ", DEADLINE);
     moat.lines().wait_for("configuration reloaded", DEADLINE);
@@ -243,7 +244,9 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[test]
 fn an_event_storm_in_the_watched_directory_costs_little_and_reloads_nothing() {
-    let (_mongo, pki, _dir, mut secret, moat) = watched_secret();
+    let (_mongo, pki, _dir, mut secret, moat) =
+        watched_secret("[metrics]\nlisten = \"127.0.0.1:0\"");
+    let metrics = moat_metrics_addr(&moat);
     let before = cpu_time(moat.proc.child.id());
     // Some 30,000 events that all count (`..` names; the watched name itself replaced by
     // the same bytes), none of them a change.
@@ -264,9 +267,11 @@ fn an_event_storm_in_the_watched_directory_costs_little_and_reloads_nothing() {
     // A reload per event would be minutes of CPU; debounced and fingerprinted it is the
     // cost of reading the events.
     assert!(used < Duration::from_secs(5), "{used:?}");
+    // The counter moves before the new certificate is served; log lines are written
+    // asynchronously and may still be on their way.
     assert_eq!(
-        moat.lines().count("configuration reloaded"),
-        1,
+        metric(metrics, r#"moat_config_reloads_total{result="ok"}"#),
+        1.0,
         "only the swap"
     );
 }

@@ -79,6 +79,14 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// Replaces `path` as an editor or a config tool does: a temporary file beside it, then a
+/// rename, so that a reader never sees it empty or half-written.
+pub fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// What a child process printed so far, and how many of its output streams are open.
 #[derive(Default)]
 struct Printed {
