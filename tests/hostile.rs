@@ -52,6 +52,24 @@ fn with_handshake_timeout(config: String, t: &str) -> String {
     )
 }
 
+/// moat in preferSSL in front of `upstream` (as `config_with`): PKI, moat, metrics address.
+fn moat_with_metrics(
+    upstream: &str,
+    listen_extra: &str,
+    sections: &str,
+) -> (Pki, Moat, SocketAddr) {
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        upstream,
+        "preferSSL",
+        &pki,
+        listen_extra,
+        sections,
+    ));
+    let metrics = moat_metrics_addr(&m);
+    (pki, m, metrics)
+}
+
 // ---- observing moat from outside -------------------------------------------------------
 
 /// The value of the sample `key` (`name{labels}` as printed) in one scrape, 0 when absent.
@@ -788,15 +806,8 @@ fn wire_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
 fn malformed_wire_messages_go_to_the_upstream_and_stop_inspection() {
     let _shared = unmeasured();
     let up = Recorder::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        &format!("{METRICS}{DEBUG_LOG}"),
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (_pki, mut m, metrics) =
+        moat_with_metrics(&up.addr.to_string(), "", &format!("{METRICS}{DEBUG_LOG}"));
     let cases = wire_cases();
     for (name, bytes, expect) in &cases {
         let mut s = tcp(m.addr);
@@ -831,9 +842,7 @@ fn malformed_wire_messages_go_to_the_upstream_and_stop_inspection() {
 fn malformed_wire_messages_are_judged_by_a_real_upstream_and_leave_nothing_stuck() {
     let _shared = unmeasured();
     let mongo = Mongo::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(&mongo.addr(), "preferSSL", &pki, "", METRICS));
-    let metrics = moat_metrics_addr(&m);
+    let (_pki, mut m, metrics) = moat_with_metrics(&mongo.addr(), "", METRICS);
     for (name, bytes, _) in wire_cases() {
         let mut s = tcp(m.addr);
         // The upstream may close before taking everything: that is its decision.
@@ -862,15 +871,7 @@ fn noise(seed: u32, n: usize) -> Vec<u8> {
 fn garbage_after_a_tls_record_header_is_refused_counted_and_logged() {
     let _shared = unmeasured();
     let up = Recorder::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (pki, mut m, metrics) = moat_with_metrics(&up.addr.to_string(), "", METRICS);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("noise", [&[0x16, 0x03, 0x01][..], &noise(1, 300)].concat()),
         (
@@ -912,9 +913,7 @@ fn garbage_after_a_tls_record_header_is_refused_counted_and_logged() {
 fn a_client_hello_in_one_byte_segments_completes_the_handshake() {
     let _shared = unmeasured();
     let mongo = Mongo::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(&mongo.addr(), "preferSSL", &pki, "", METRICS));
-    let metrics = moat_metrics_addr(&m);
+    let (pki, mut m, metrics) = moat_with_metrics(&mongo.addr(), "", METRICS);
     let name = rustls::pki_types::ServerName::try_from("localhost".to_string()).unwrap();
     let mut conn = rustls::ClientConnection::new(tls_client(&pki.ca, None), name).unwrap();
     let mut hello = Vec::new();
@@ -974,15 +973,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) 
 #[test]
 fn client_initiated_renegotiation_is_refused() {
     let _shared = unmeasured();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &ticker().to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (pki, mut m, metrics) = moat_with_metrics(&ticker().to_string(), "", METRICS);
     // openssl s_client's `R` asks for a TLS 1.2 renegotiation; -msg shows the alerts.
     let mut s_client = Command::new("openssl")
         .args([
@@ -1045,15 +1036,7 @@ fn client_initiated_renegotiation_is_refused() {
 fn an_oversized_record_after_the_handshake_ends_only_its_connection() {
     let _shared = unmeasured();
     let up = Recorder::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (pki, mut m, metrics) = moat_with_metrics(&up.addr.to_string(), "", METRICS);
     // A record far longer than TLS allows, after a completed handshake.
     let mut s = tls_connect(m.addr, &pki.ca, "localhost").unwrap();
     s.write_all(b"ping").unwrap();
@@ -1114,15 +1097,8 @@ fn a_client_that_stops_reading_costs_bounded_memory_and_is_closed_when_idle() {
     let _one = measured();
     const TOTAL: usize = 100 << 20;
     let up = Firehose::start(TOTAL);
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "idle_timeout = \"3s\"",
-        METRICS,
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (pki, mut m, metrics) =
+        moat_with_metrics(&up.addr.to_string(), "idle_timeout = \"3s\"", METRICS);
     let pid = m.proc.child.id();
     let before = rss_kb(pid);
     // Completes the handshake, then never reads.
@@ -1201,15 +1177,11 @@ fn send_split(s: &TcpStream, pieces: &[&[u8]]) {
 fn proxy_headers_split_oversized_with_tlvs_or_from_untrusted_peers() {
     let _shared = unmeasured();
     let up = Recorder::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
+    let (_pki, mut m, metrics) = moat_with_metrics(
         &up.addr.to_string(),
-        "preferSSL",
-        &pki,
         "proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
         METRICS,
-    ));
-    let metrics = moat_metrics_addr(&m);
+    );
 
     // Accepted: split across segments, byte by byte, with TLVs, LOCAL.
     let v1 = b"PROXY TCP4 127.0.0.9 127.0.0.1 40001 27017\r\n";
@@ -1365,15 +1337,7 @@ const ADMIN_DEADLINE: Duration = Duration::from_secs(10);
 fn admin_socket_abuse_neither_blocks_ctl_nor_slows_the_data_path() {
     let _one = measured();
     let mongo = Mongo::start();
-    let pki = Pki::new();
-    let mut m = Moat::start(&config_with(
-        &mongo.addr(),
-        "preferSSL",
-        &pki,
-        "",
-        &format!("{ADMIN}{METRICS}"),
-    ));
-    let metrics = moat_metrics_addr(&m);
+    let (_pki, mut m, metrics) = moat_with_metrics(&mongo.addr(), "", &format!("{ADMIN}{METRICS}"));
     let u = uri("localhost", m.port(), "");
     let baseline = Latency::start(&u, Some(P99_WINDOW)).wait();
     let during = Latency::start(&u, None);

@@ -51,6 +51,25 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\nreadiness_interval = \"100ms\"\n";
 
+/// moat in front of a [`Recorder`] (as `config_with`): recorder, PKI, moat, metrics address.
+fn recorder_moat(
+    mode: &str,
+    listen_extra: &str,
+    sections: &str,
+) -> (Recorder, Pki, Moat, SocketAddr) {
+    let up = Recorder::start();
+    let pki = Pki::new();
+    let m = Moat::start(&config_with(
+        &up.addr.to_string(),
+        mode,
+        &pki,
+        listen_extra,
+        sections,
+    ));
+    let addr = moat_metrics_addr(&m);
+    (up, pki, m, addr)
+}
+
 #[test]
 fn a_scripted_mix_of_connections_gives_exact_counters() {
     let up = Recorder::start();
@@ -243,16 +262,7 @@ fn readyz_follows_the_upstream_without_client_traffic() {
 
 #[test]
 fn readyz_says_shutting_down_during_the_drain() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let addr = moat_metrics_addr(&m);
+    let (_up, _pki, m, addr) = recorder_moat("preferSSL", "", METRICS);
     wait_ready(addr, 200);
     let mut open = tcp(m.addr);
     assert!(echo_ok(&mut open));
@@ -285,16 +295,8 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 #[test]
 fn the_dashboard_and_alerts_use_only_metrics_moat_exports() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let text = http_get(moat_metrics_addr(&m), "/metrics").1;
+    let (_up, _pki, _m, addr) = recorder_moat("preferSSL", "", METRICS);
+    let text = http_get(addr, "/metrics").1;
     let exported: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -465,16 +467,7 @@ const SCRAPE: &str = "GET /metrics HTTP/1.1\r\nHost: moat\r\n\r\n";
 
 #[test]
 fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let addr = moat_metrics_addr(&m);
+    let (_up, _pki, m, addr) = recorder_moat("preferSSL", "", METRICS);
     let mut flood = tcp(addr);
     // Short, so the loop below sees when moat stops reading.
     flood
@@ -526,16 +519,7 @@ fn a_client_that_pipelines_scrapes_and_never_reads_is_disconnected() {
 
 #[test]
 fn beyond_64_connections_new_ones_are_closed_until_a_slot_frees() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let addr = moat_metrics_addr(&m);
+    let (_up, _pki, m, addr) = recorder_moat("preferSSL", "", METRICS);
     // Each one answered, so moat holds all 64 (until they idle out).
     let mut held: Vec<_> = (0..64)
         .map(|_| {
@@ -575,18 +559,10 @@ fn beyond_64_connections_new_ones_are_closed_until_a_slot_frees() {
 
 #[test]
 fn metrics_allow_admits_listed_sources_and_closes_others() {
-    let up = Recorder::start();
-    let pki = Pki::new();
     // On [::], IPv4 clients arrive as ::ffff:127.0.0.x and must match the IPv4 CIDR.
     let metrics = "[metrics]\nlisten = \"[::]:0\"\nallow = [\"127.0.0.2/32\"]\n";
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        metrics,
-    ));
-    let addr = SocketAddr::from(([127, 0, 0, 1], moat_metrics_addr(&m).port()));
+    let (_up, _pki, m, listen) = recorder_moat("preferSSL", "", metrics);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listen.port()));
     assert_eq!(
         try_get_from("127.0.0.2", addr, "/healthz"),
         Some((200, "ok\n".to_string()))
@@ -605,16 +581,7 @@ fn metrics_allow_admits_listed_sources_and_closes_others() {
 
 #[test]
 fn bytes_and_open_connections_follow_the_traffic() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "preferSSL",
-        &pki,
-        "",
-        METRICS,
-    ));
-    let addr = moat_metrics_addr(&m);
+    let (_up, pki, m, addr) = recorder_moat("preferSSL", "", METRICS);
     // Bytes are counted as they are written, a moment after the echo arrives: wait for each.
     let scrape = |what: &[(&str, f64)]| {
         for (k, want) in what {
@@ -707,16 +674,7 @@ fn silent_clients_and_load_balancer_health_checks_count_as_closed_before_speakin
 
 #[test]
 fn require_ssl_clients_cut_mid_request_and_idle_closes_are_counted() {
-    let up = Recorder::start();
-    let pki = Pki::new();
-    let m = Moat::start(&config_with(
-        &up.addr.to_string(),
-        "requireSSL",
-        &pki,
-        "idle_timeout = \"1s\"",
-        METRICS,
-    ));
-    let maddr = moat_metrics_addr(&m);
+    let (_up, pki, m, maddr) = recorder_moat("requireSSL", "idle_timeout = \"1s\"", METRICS);
     // Half a hello, then gone: refused for requiring TLS, though no reply could be sent.
     let mut s = tcp(m.addr);
     s.write_all(&op_msg_hello(1)[..20]).unwrap();
